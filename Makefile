@@ -1,0 +1,27 @@
+# Two commands set up a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fundax.regions --demo $(DEMO_DIR)/regions.png
+	$(PY) -m fundax.train --finding=macular_hole --workdir=$(DEMO_DIR)/macular_hole \
+	  --data_dir=$(DEMO_DIR)/data --config=experiments/configs/cpu_demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

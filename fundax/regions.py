@@ -1,0 +1,244 @@
+"""The paper's 8 anatomical regions (§2.1), exactly as ``shared/spec/REGIONS.md`` fixes them.
+
+Coordinates are image pixels, x to the right and y down; an image of H rows and
+W columns spans [0, W] × [0, H]. OD is the optic disc centre, F the fovea
+centre, D = |F − OD|. With u = (F − OD)/D and n the unit normal of u pointing up
+in the image, a point p has t = (p − OD)·u and s = (p − OD)·n, and its region is
+the first of these that holds:
+
+====  ==================  =========================================
+id    name                where
+====  ==================  =========================================
+1     ``superior_disc``   |p − OD| < 2D/5, t < t_c, s ≥ 0
+2     ``inferior_disc``   |p − OD| < 2D/5, t < t_c, s < 0
+0     ``macula``          |p − F| < 2D/3, t ≥ t_c
+3     ``temporal``        t > D and |s| < 2D/3
+4     ``superotemporal``  t ≥ 0, s ≥ 0
+5     ``inferotemporal``  t ≥ 0, s < 0
+6     ``superonasal``     t < 0, s ≥ 0
+7     ``inferonasal``     t < 0, s < 0
+====  ==================  =========================================
+
+with t_c = (D² + r_d² − r_f²)/(2D) the chord through the two circles'
+intersections. The geometry is written once over an array namespace, so that
+the numpy functions and their jax twins (usable inside ``jit`` and ``vmap``)
+are the same code.
+
+Run ``python -m fundax.regions --demo OUT.png`` for a picture of the partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+REGIONS: tuple[str, ...] = (
+    "macula",
+    "superior_disc",
+    "inferior_disc",
+    "temporal",
+    "superotemporal",
+    "inferotemporal",
+    "superonasal",
+    "inferonasal",
+)
+"""Region names in canonical id order: ``REGIONS[k]`` has id k and mask bit k."""
+
+NUM_REGIONS = len(REGIONS)
+DISC_RADIUS = 2.0 / 5.0  # of D
+FOVEA_RADIUS = 2.0 / 3.0  # of D
+ALL_REGIONS_BITS = (1 << NUM_REGIONS) - 1
+
+_ID = {name: k for k, name in enumerate(REGIONS)}
+
+
+class RegionError(ValueError):
+    """An unknown region name, a bad bitmask or a degenerate disc/fovea pair."""
+
+
+def _region_ids(xp: Any, x: Any, y: Any, disc_xy: Any, fovea_xy: Any) -> Any:
+    """Region id of each point (x, y): the one implementation behind numpy and jax."""
+    odx, ody = disc_xy[..., 0], disc_xy[..., 1]
+    dx, dy = fovea_xy[..., 0] - odx, fovea_xy[..., 1] - ody
+    dist = xp.sqrt(dx * dx + dy * dy)
+    ux, uy = dx / dist, dy / dist
+    # The normal of u that points up (n_y < 0); for a vertical L, the one with n_x < 0.
+    flip = (ux < 0) | ((ux == 0) & (uy < 0))
+    nx = xp.where(flip, -uy, uy)
+    ny = xp.where(flip, ux, -ux)
+    px, py = x - odx, y - ody
+    t = px * ux + py * uy
+    s = px * nx + py * ny
+    r_d = DISC_RADIUS * dist
+    r_f = FOVEA_RADIUS * dist
+    t_c = (dist * dist + r_d * r_d - r_f * r_f) / (2.0 * dist)
+    in_disc = t * t + s * s < r_d * r_d
+    in_fovea = (t - dist) ** 2 + s * s < r_f * r_f
+    superior = s >= 0
+    ids = xp.where(superior, 6, 7)
+    ids = xp.where(t >= 0, xp.where(superior, 4, 5), ids)
+    ids = xp.where((t > dist) & (xp.abs(s) < r_f), 3, ids)
+    ids = xp.where(in_fovea & (t >= t_c), 0, ids)
+    ids = xp.where(in_disc & (t < t_c), xp.where(superior, 1, 2), ids)
+    return ids.astype(xp.int32)
+
+
+def _cell_centres(xp: Any, height: int, width: int, image_size: Sequence[float] | None, dtype: Any):
+    rows, cols = (height, width) if image_size is None else image_size
+    y = (xp.arange(height, dtype=dtype) + 0.5) * (rows / height)
+    x = (xp.arange(width, dtype=dtype) + 0.5) * (cols / width)
+    return x[None, :], y[:, None]
+
+
+def _check_pair(disc_xy: Any, fovea_xy: Any) -> tuple[np.ndarray, np.ndarray]:
+    disc = np.asarray(disc_xy, dtype=np.float64)
+    fovea = np.asarray(fovea_xy, dtype=np.float64)
+    if disc.shape != (2,) or fovea.shape != (2,):
+        raise RegionError(f"disc and fovea must be (x, y) pairs, got {disc_xy!r} and {fovea_xy!r}")
+    if not (np.all(np.isfinite(disc)) and np.all(np.isfinite(fovea))):
+        raise RegionError(f"disc {disc_xy!r} and fovea {fovea_xy!r} must be finite")
+    if np.hypot(*(fovea - disc)) == 0:
+        raise RegionError(f"disc and fovea coincide at {tuple(disc)}: the regions are undefined")
+    return disc, fovea
+
+
+def region_ids(x: Any, y: Any, disc_xy: Sequence[float], fovea_xy: Sequence[float]) -> np.ndarray:
+    """Region id (int32) of each point (x, y), in the frame of ``disc_xy`` and ``fovea_xy``."""
+    disc, fovea = _check_pair(disc_xy, fovea_xy)
+    return _region_ids(np, np.asarray(x, np.float64), np.asarray(y, np.float64), disc, fovea)
+
+
+def region_map(
+    height: int,
+    width: int,
+    disc_xy: Sequence[float],
+    fovea_xy: Sequence[float],
+    image_size: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Region ids of a ``height``×``width`` grid laid over an image of ``image_size`` (rows, cols).
+
+    Cell (i, j) is centred at ((j + 0.5)·W/w, (i + 0.5)·H/h); ``image_size`` defaults
+    to the grid itself (one cell per pixel).
+    """
+    x, y = _cell_centres(np, height, width, image_size, np.float64)
+    return region_ids(x, y, disc_xy, fovea_xy)
+
+
+def region_ids_jax(x: Any, y: Any, disc_xy: Any, fovea_xy: Any) -> Any:
+    """The jax twin of :func:`region_ids`: traceable, no checks (D must be > 0)."""
+    import jax.numpy as jnp
+
+    disc = jnp.asarray(disc_xy, jnp.float32)
+    fovea = jnp.asarray(fovea_xy, jnp.float32)
+    return _region_ids(jnp, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), disc, fovea)
+
+
+def region_map_jax(
+    height: int,
+    width: int,
+    disc_xy: Any,
+    fovea_xy: Any,
+    image_size: Sequence[float] | None = None,
+) -> Any:
+    """The jax twin of :func:`region_map` for one image; ``vmap`` it over a batch.
+
+    ``height``, ``width`` and ``image_size`` are static; the disc and fovea may be traced.
+    """
+    import jax.numpy as jnp
+
+    x, y = _cell_centres(jnp, height, width, image_size, jnp.float32)
+    return region_ids_jax(x, y, disc_xy, fovea_xy)
+
+
+def regions_to_bits(names: Iterable[str]) -> int:
+    """The 8-bit mask (bit k for id k) of a collection of region names."""
+    bits = 0
+    for name in names:
+        if name not in _ID:
+            raise RegionError(f"unknown region {name!r}; valid regions are: {', '.join(REGIONS)}")
+        bits |= 1 << _ID[name]
+    return bits
+
+
+def bits_to_regions(bits: int) -> tuple[str, ...]:
+    """Region names, in canonical order, of an 8-bit mask."""
+    bits = int(bits)
+    if not 0 <= bits <= ALL_REGIONS_BITS:
+        raise RegionError(f"region bitmask must lie in [0, {ALL_REGIONS_BITS}], got {bits}")
+    return tuple(name for k, name in enumerate(REGIONS) if bits >> k & 1)
+
+
+def mask_from_bits(ids: Any, bits: Any) -> Any:
+    """Binary mask (same dtype as ``ids``) of the cells whose region is in ``bits``.
+
+    Works on numpy and jax arrays alike; ``bits`` may be a scalar or broadcast
+    against ``ids`` (e.g. shape (batch, 1, 1) for a batch of maps).
+    """
+    return (bits >> ids) & 1
+
+
+def region_mask(
+    height: int,
+    width: int,
+    disc_xy: Sequence[float],
+    fovea_xy: Sequence[float],
+    regions: Iterable[str] | int,
+    image_size: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Float32 mask of a grid: 1 in the given regions (names or a bitmask), 0 elsewhere."""
+    bits = regions if isinstance(regions, (int, np.integer)) else regions_to_bits(regions)
+    bits_to_regions(bits)  # validates the range
+    ids = region_map(height, width, disc_xy, fovea_xy, image_size)
+    return mask_from_bits(ids, np.int32(bits)).astype(np.float32)
+
+
+def _parse_xy(text: str, flag: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {flag} wants x,y in pixels, got {text!r}") from None
+    return x, y
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fundax import pictures
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fundax.regions",
+        description="Draw the 8 anatomical regions over a fundus photograph.",
+    )
+    parser.add_argument("--demo", metavar="OUT.png", required=True, help="where to write the picture")
+    parser.add_argument("--image", help="a fundus photograph (default: a synthetic right eye)")
+    parser.add_argument("--disc", help="optic disc centre x,y in pixels of --image")
+    parser.add_argument("--fovea", help="fovea centre x,y in pixels of --image")
+    args = parser.parse_args(argv)
+    if args.image:
+        if not (args.disc and args.fovea):
+            parser.error("--image needs --disc and --fovea")
+        image = pictures.load_rgb(args.image)
+        disc, fovea = _parse_xy(args.disc, "--disc"), _parse_xy(args.fovea, "--fovea")
+        title = args.image
+    else:
+        from fundax.data import synthetic
+
+        eye = synthetic.demo_eye()
+        image, disc, fovea = eye.image, eye.disc_xy, eye.fovea_xy
+        title = "synthetic right eye"
+        if args.disc or args.fovea:
+            disc = _parse_xy(args.disc, "--disc") if args.disc else disc
+            fovea = _parse_xy(args.fovea, "--fovea") if args.fovea else fovea
+    try:
+        _check_pair(disc, fovea)
+    except RegionError as e:
+        raise SystemExit(f"error: {e}") from None
+    out = pictures.draw_regions(image, disc, fovea, args.demo, title=title)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
