@@ -219,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.image:
         if not (args.disc and args.fovea):
             parser.error("--image needs --disc and --fovea")
-        image = pictures.load_rgb(args.image)
+        from fundax.data import images
+
+        try:
+            image = images.load_image(args.image)
+        except (images.ImageError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}") from None
         disc, fovea = _parse_xy(args.disc, "--disc"), _parse_xy(args.fovea, "--fovea")
         title = args.image
     else:

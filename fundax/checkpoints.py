@@ -1,0 +1,91 @@
+"""Orbax checkpoints under ``WORKDIR/checkpoints``: train state, data iterator and loop state together.
+
+The latest ``keep`` checkpoints are kept for resuming, and besides them the one
+with the lowest validation loss (the paper's model selection, §3.1).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+VALIDATION_METRIC = "val_loss"
+
+
+class CheckpointMismatchError(ValueError):
+    """A workdir holding a checkpoint of another finding or model."""
+
+
+class Checkpoints:
+    """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        preservation = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            # reverse=True sorts descending, so the last n kept are the lowest losses.
+            policies.BestN(get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True, n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            # best_fn makes Orbax write the metrics to disk, so the best survives a restart.
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=preservation, best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",
+                create=True),
+            item_names=("state", "data_iter", "loop"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The kept step with the lowest validation loss, if any was saved with metrics."""
+        return self.manager.best_step()
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        loop: dict[str, Any],
+        data_iter: grain.DatasetIterator | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def restore_loop(self, step: int) -> dict[str, Any]:
+        """Only the loop state (finding, config, schedule): cheap, no arrays."""
+        return self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
+
+    def restore(
+        self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """The train state (laid out like ``abstract_state``) and loop state; ``data_iter`` is set in place."""
+        items = {"state": ocp.args.StandardRestore(abstract_state), "loop": ocp.args.JsonRestore()}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["loop"]
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_compatible(loop: dict[str, Any], finding: str, model_name: str, workdir: str | pathlib.Path) -> None:
+    """A workdir belongs to one finding and one model: refuse to mix runs."""
+    for key, wanted in (("finding", finding), ("model_name", model_name)):
+        if loop.get(key) != wanted:
+            raise CheckpointMismatchError(
+                f"{workdir} holds a checkpoint of {key} {loop.get(key)!r}, not {wanted!r}: "
+                "use another --workdir")

@@ -1,0 +1,65 @@
+"""Every key of a fundax training config, with the paper's settings where it gives them.
+
+Experiment configs (``experiments/configs/*.py``) start from ``get_config()`` here
+and override a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.finding = "macular_hole"
+    config.model_name = "guided_cnn"
+
+    # Data: with the synthetic dataset, fundax prepares it on first use.
+    config.dataset = "fundus_findings/synthetic"
+    config.image_size = 512  # px; the activation map is image_size / 16 on a side
+    config.min_votes = 2  # graders needed for "present"; 0 votes = absent; else excluded
+    config.loader_threads = 8
+    config.prefetch_batches = 2
+    config.synthetic = ml_collections.ConfigDict()
+    config.synthetic.num_train = 1800
+    config.synthetic.num_test = 200
+    config.synthetic.seed = 0
+    config.synthetic.shortcut_finding = ""  # "" = no shortcut artifact
+    config.synthetic.shortcut_strength = 0.9
+
+    # Model (paper §2.2): stride-2 stem, residual stages each closed by a reduction layer.
+    config.model = ml_collections.ConfigDict()
+    config.model.stem_width = 32
+    config.model.units_per_stage = (2, 3, 4)
+    config.model.aspp_width = 64
+    config.model.bn_momentum = 0.9
+    config.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
+
+    # Loss (eq. 3): total = BCE + guidance_weight * guidance; 0 = "without guidance".
+    config.guidance_weight = 1.0
+    config.epsilon = 1e-3
+
+    # Augmentation on the device (§3.1): random affine and intensity rescale.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.enabled = True
+    config.augment.flip = True
+    config.augment.scale = (0.9, 1.1)
+    config.augment.rotation_deg = 15.0
+    config.augment.translation = 0.05
+    config.augment.shear_deg = 5.0
+    config.augment.intensity = (0.8, 1.2)
+
+    # Optimisation (§3.1): SGD with Nesterov momentum 0.9, batch 32, decaying learning rate.
+    config.batch_size = 32  # global, over all devices
+    config.learning_rate = 0.01
+    config.momentum = 0.9
+    config.weight_decay = 0.0
+    config.lr_schedule = "plateau"  # "plateau" (of validation loss), "cosine" or "constant"
+    config.lr_plateau_factor = 0.1
+    config.lr_plateau_patience = 3  # evaluations without improvement before decaying
+    config.min_learning_rate = 1e-5
+    config.early_stopping_patience = 8  # evaluations without improvement; 0 = never stop early
+    config.num_train_steps = 20_000
+    config.eval_every_steps = 500
+    config.log_every_steps = 50
+    config.checkpoints_to_keep = 3  # latest; the best by validation loss is kept besides
+    config.seed = 0
+    return config

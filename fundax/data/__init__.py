@@ -1,0 +1,1 @@
+"""Fundus data: manual records, synthetic eyes, host pipeline and on-device augmentation."""

@@ -1,0 +1,334 @@
+"""Reading ``annotations.jsonl`` of a manual directory, and the graders' consensus (§3.1).
+
+``shared/spec/DATA_FORMAT.md`` fixes the format. Every line is checked in full
+and either becomes a :class:`Record` or a :class:`Rejection` with the reason,
+never half-used, so that lines read = lines accepted + lines rejected.
+
+Choices the format leaves open:
+
+* Blank (whitespace-only) lines are not records: they are skipped and not
+  counted as read. Line numbers still count every physical line, from 1.
+* A UTF-8 byte order mark at the start of the file is ignored; a line ends at
+  ``\\n`` and a ``\\r`` before it is dropped too.
+* A line that is not valid UTF-8 is rejected; its ``text`` shows the bad bytes
+  as ``\\xNN`` escapes, so that it can still be written out as UTF-8.
+* A key repeated within a JSON object (also a finding repeated within one
+  grader's findings) is rejected rather than letting the last one win.
+* Extra keys are allowed at the top level and in grader entries; they are kept
+  in ``Record.extra`` and ``GraderRead.extra`` and not interpreted.
+* A region listed twice for one finding counts once.
+* A later line with the ``image_id`` of an accepted line is rejected; ids of
+  rejected lines are not reserved.
+* ``file`` must be relative, stay inside the manual directory after ``..`` and
+  symlinks are resolved, and end in .jpg, .jpeg, .png, .tif or .tiff.
+  Whether it exists and decodes is checked later (:mod:`fundax.data.images`),
+  as are coordinates beyond the image's width and height.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fundax import findings as findings_lib
+from fundax import regions as regions_lib
+
+REQUIRED_KEYS: tuple[str, ...] = ("image_id", "file", "split", "disc", "fovea", "annotations")
+SPLITS: tuple[str, ...] = ("train", "test")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_BOM = b"\xef\xbb\xbf"
+
+
+class AnnotationError(ValueError):
+    """Why one line is rejected (message = the reason)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GraderRead:
+    """One grader's reading of one image."""
+
+    annotator: str
+    findings: Mapping[str, tuple[str, ...]]
+    """Finding → region names (deduplicated, canonical order); findings in registry order."""
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One accepted line of ``annotations.jsonl``."""
+
+    image_id: str
+    file: str
+    split: str
+    disc: tuple[float, float]
+    fovea: tuple[float, float]
+    graders: tuple[GraderRead, ...]
+    line: str
+    line_number: int
+    extra: Mapping[str, Any]
+
+    def votes(self) -> np.ndarray:
+        """int32[len(FINDINGS)], registry order: how many graders listed each finding."""
+        votes = np.zeros(len(findings_lib.FINDINGS), np.int32)
+        for grader in self.graders:
+            for name in grader.findings:
+                votes[findings_lib.finding_index(name)] += 1
+        return votes
+
+    def region_bits(self) -> np.ndarray:
+        """uint8[len(FINDINGS)]: union of the regions of the graders listing each finding."""
+        bits = np.zeros(len(findings_lib.FINDINGS), np.uint8)
+        for grader in self.graders:
+            for name, names in grader.findings.items():
+                bits[findings_lib.finding_index(name)] |= regions_lib.regions_to_bits(names)
+        return bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A line (or the image it names) that cannot be used, and why."""
+
+    source: str
+    line_number: int
+    reason: str
+    text: str
+
+    def as_json(self) -> dict:
+        """The rejects-file form: file, line, reason and the original text."""
+        return {"file": self.source, "line": self.line_number, "reason": self.reason, "text": self.text}
+
+
+@dataclasses.dataclass
+class ReadResult:
+    """Accepted records and rejected lines of one annotations file, in file order."""
+
+    records: list[Record]
+    rejections: list[Rejection]
+
+    @property
+    def num_read(self) -> int:
+        """Lines read (blank lines excepted) = accepted + rejected."""
+        return len(self.records) + len(self.rejections)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise AnnotationError(f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _point(obj: dict[str, Any], key: str) -> tuple[float, float]:
+    value = obj[key]
+    if not isinstance(value, list) or len(value) != 2:
+        raise AnnotationError(f"{key!r} must be a list [x, y] of 2 numbers, got {value!r}")
+    point = []
+    for v in value:
+        # bool is an int in Python but never a coordinate.
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise AnnotationError(f"{key!r} must hold numbers, got {_type_name(v)} {v!r}")
+        try:
+            f = float(v)
+        except OverflowError:
+            raise AnnotationError(f"{key!r} holds a number too large for a float") from None
+        if not math.isfinite(f):
+            raise AnnotationError(f"{key!r} must hold finite numbers, got {value!r}")
+        if f < 0:
+            raise AnnotationError(f"{key!r} has a negative coordinate: {value!r}")
+        point.append(f)
+    return point[0], point[1]
+
+
+def _grader(entry: Any, index: int) -> GraderRead:
+    where = f"annotations[{index}]"
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where} must be an object, got {_type_name(entry)}")
+    for key in ("annotator", "findings"):
+        if key not in entry:
+            raise AnnotationError(f"{where} is missing the key {key!r}")
+    annotator, found = entry["annotator"], entry["findings"]
+    if not isinstance(annotator, str) or not annotator:
+        raise AnnotationError(f"{where}.annotator must be a non-empty string, got {annotator!r}")
+    if not isinstance(found, dict):
+        raise AnnotationError(f"{where}.findings must be an object, got {_type_name(found)}")
+    by_finding: dict[str, tuple[str, ...]] = {}
+    for name, names in found.items():
+        try:
+            findings_lib.get_finding(name)
+        except findings_lib.UnknownFindingError as e:
+            raise AnnotationError(f"{where} (annotator {annotator!r}): {e}") from None
+        if not isinstance(names, list) or not names:
+            raise AnnotationError(
+                f"{where} (annotator {annotator!r}): finding {name!r} needs a non-empty list of regions,"
+                f" got {names!r}"
+            )
+        for region in names:
+            if not isinstance(region, str):
+                raise AnnotationError(
+                    f"{where} (annotator {annotator!r}): finding {name!r} has a region that is not a"
+                    f" string: {region!r}"
+                )
+        try:
+            bits = regions_lib.regions_to_bits(names)
+        except regions_lib.RegionError as e:
+            raise AnnotationError(f"{where} (annotator {annotator!r}): finding {name!r}: {e}") from None
+        by_finding[name] = regions_lib.bits_to_regions(bits)
+    ordered = {name: by_finding[name] for name in findings_lib.FINDINGS if name in by_finding}
+    extra = {k: v for k, v in entry.items() if k not in ("annotator", "findings")}
+    return GraderRead(annotator=annotator, findings=ordered, extra=extra)
+
+
+def _check_file(file: str) -> None:
+    """The checks of ``file`` that need no file system: relative, not leaving, an image extension."""
+    if "\x00" in file:
+        raise AnnotationError(f"'file' holds a NUL character: {file!r}")
+    if posixpath.isabs(file) or os.path.isabs(file):
+        raise AnnotationError(f"'file' must be relative to the manual directory, got absolute {file!r}")
+    normal = posixpath.normpath(file)
+    if normal == ".." or normal.startswith("../"):
+        raise AnnotationError(f"'file' {file!r} escapes the manual directory")
+    if posixpath.splitext(file)[1].lower() not in IMAGE_EXTENSIONS:
+        raise AnnotationError(
+            f"'file' {file!r} has an unsupported extension; want one of {', '.join(IMAGE_EXTENSIONS)}"
+        )
+
+
+def parse_line(text: str, line_number: int = 1) -> Record:
+    """The record of one line (``text`` without its newline); AnnotationError(reason) if bad."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"not valid JSON: {e.msg} (column {e.colno})") from None
+    except AnnotationError:
+        raise
+    except ValueError as e:  # e.g. an integer with more digits than Python parses
+        raise AnnotationError(f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise AnnotationError(f"not a JSON object: got {_type_name(obj)}")
+    missing = [key for key in REQUIRED_KEYS if key not in obj]
+    if missing:
+        raise AnnotationError(f"missing required key(s): {', '.join(map(repr, missing))}")
+
+    image_id = obj["image_id"]
+    if not isinstance(image_id, str) or not IMAGE_ID_PATTERN.fullmatch(image_id):
+        raise AnnotationError(f"bad image_id {image_id!r}: want a string matching {IMAGE_ID_PATTERN.pattern}")
+    file = obj["file"]
+    if not isinstance(file, str) or not file:
+        raise AnnotationError(f"'file' must be a non-empty string, got {file!r}")
+    _check_file(file)
+    split = obj["split"]
+    if split not in SPLITS:
+        raise AnnotationError(f"bad split {split!r}: want one of {', '.join(map(repr, SPLITS))}")
+    disc, fovea = _point(obj, "disc"), _point(obj, "fovea")
+    if disc == fovea:
+        raise AnnotationError(f"disc equals fovea ({disc[0]:g}, {disc[1]:g}): the regions are undefined")
+
+    entries = obj["annotations"]
+    if not isinstance(entries, list) or not entries:
+        raise AnnotationError(f"'annotations' must be a non-empty list of grader entries, got {entries!r}")
+    graders = tuple(_grader(entry, i) for i, entry in enumerate(entries))
+    seen: set[str] = set()
+    for grader in graders:
+        if grader.annotator in seen:
+            raise AnnotationError(f"duplicate annotator {grader.annotator!r}")
+        seen.add(grader.annotator)
+
+    return Record(
+        image_id=image_id,
+        file=file,
+        split=split,
+        disc=disc,
+        fovea=fovea,
+        graders=graders,
+        line=text,
+        line_number=line_number,
+        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS},
+    )
+
+
+def resolve_image_path(manual_dir: str | os.PathLike, file: str) -> pathlib.Path:
+    """The real path of ``file`` under ``manual_dir``; AnnotationError if it leads outside."""
+    _check_file(file)
+    root = pathlib.Path(manual_dir).resolve()
+    try:
+        path = (root / file).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise AnnotationError(f"'file' {file!r} cannot be resolved: {e}") from None
+    if not path.is_relative_to(root):
+        raise AnnotationError(f"'file' {file!r} escapes the manual directory (it resolves to {path})")
+    return path
+
+
+def _strip_newline(raw: bytes) -> bytes:
+    raw = raw[:-1] if raw.endswith(b"\n") else raw
+    return raw[:-1] if raw.endswith(b"\r") else raw
+
+
+def read_annotations(path: str | os.PathLike) -> ReadResult:
+    """Every line of an annotations file, checked: records and rejections in file order.
+
+    The manual directory is the file's folder; image paths are checked against it.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"annotations file not found: {path}")
+    source = os.fspath(path)
+    result = ReadResult(records=[], rejections=[])
+    first_line: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            raw = _strip_newline(raw)
+            if line_number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                reason = f"not valid UTF-8 (byte {e.start})"
+                shown = raw.decode("utf-8", "backslashreplace")
+                result.rejections.append(Rejection(source, line_number, reason, shown))
+                continue
+            if not text.strip():
+                continue
+            try:
+                record = parse_line(text, line_number)
+                resolve_image_path(path.parent, record.file)
+                first = first_line.get(record.image_id)
+                if first is not None:
+                    raise AnnotationError(f"duplicate image_id {record.image_id!r} (first on line {first})")
+            except AnnotationError as e:
+                result.rejections.append(Rejection(source, line_number, str(e), text))
+                continue
+            first_line[record.image_id] = line_number
+            result.records.append(record)
+    return result
+
+
+def consensus(votes: np.ndarray, min_votes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Training label and weight (float32, shape of ``votes``) from grader votes (§3.1).
+
+    label = 1 where votes ≥ min_votes; weight = 0 where 0 < votes < min_votes (an
+    uncertain finding, left out of training and evaluation), 1 elsewhere.
+    """
+    if min_votes < 1:
+        raise ValueError(f"min_votes must be >= 1, got {min_votes}")
+    votes = np.asarray(votes)
+    if np.any(votes < 0):
+        raise ValueError("votes must be non-negative counts")
+    present = votes >= min_votes
+    return present.astype(np.float32), (present | (votes == 0)).astype(np.float32)

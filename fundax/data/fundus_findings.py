@@ -1,0 +1,243 @@
+"""``fundus_findings``: the TFDS dataset of regionally annotated fundus photographs.
+
+Two configs share one code path:
+
+* ``manual`` reads a manual directory (``annotations.jsonl`` + photographs, see
+  ``shared/spec/DATA_FORMAT.md``);
+* ``synthetic`` first writes such a directory with :mod:`fundax.data.synthetic`,
+  then reads it exactly as ``manual`` does.
+
+Prepare-time preprocessing crops the black surround, pads to square and resizes
+to ``image_size_px``, carrying the disc and fovea through the same transform.
+Splits: ``train`` (the derivation set), ``validation`` (a deterministic 10% of
+the file's train lines, chosen by hashing ``image_id``, so that it is stable when
+lines are added or reordered) and ``test``. Every rejected line is kept, with
+its reason, in ``rejects.jsonl`` beside the prepared files. Files are
+``array_record``: read them with ``tfds.data_source`` (no TensorFlow needed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fundax import findings as findings_lib
+from fundax.data import annotations, images, synthetic
+
+SPLITS = ("train", "validation", "test")
+VALIDATION_PERCENT = 10
+REJECTS_FILE = "rejects.jsonl"
+MANUAL_INSTRUCTIONS = """\
+Pass the manual directory with --manual_dir: it holds annotations.jsonl (one JSON
+object per photograph, see DATA_FORMAT.md) and the photographs it names by relative path.
+"""
+
+
+class PrepareError(RuntimeError):
+    """Preparation cannot go on (e.g. a rejection under ``strict``)."""
+
+
+def is_validation(image_id: str, percent: int = VALIDATION_PERCENT) -> bool:
+    """Whether a train line belongs to the validation split: a stable hash of its id."""
+    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < percent
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """How photographs are prepared; the config (``manual`` / ``synthetic``) says where from."""
+
+    image_size_px: int = 512
+    image_format: str = "png"
+    synthetic_config: synthetic.SyntheticConfig = dataclasses.field(default_factory=synthetic.SyntheticConfig)
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    strict: bool = False
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_format not in ("png", "jpeg"):
+            raise ValueError(f"image_format must be 'png' (lossless) or 'jpeg', got {self.image_format!r}")
+        if not 16 <= int(self.image_size_px) <= 4096:
+            raise ValueError(f"image_size must lie in [16, 4096] px, got {self.image_size_px}")
+
+    def params(self, source: str) -> dict[str, Any]:
+        """What determines the prepared records: stored, and compared on reuse."""
+        params: dict[str, Any] = {
+            "source": source,
+            "image_size_px": int(self.image_size_px),
+            "image_format": self.image_format,
+        }
+        if source == "synthetic":
+            params["synthetic"] = json.loads(json.dumps(dataclasses.asdict(self.synthetic_config)))
+        return params
+
+
+@dataclasses.dataclass
+class _Outcome:
+    example: dict[str, Any] | None = None
+    rejection: annotations.Rejection | None = None
+
+
+class FundusFindings(tfds.core.GeneratorBasedBuilder):
+    """Regionally annotated fundus photographs (Son et al., §2.1)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="manual", description="Photographs and annotations.jsonl of a manual directory."),
+        tfds.core.BuilderConfig(name="synthetic", description="Synthetic photographs, three simulated graders."),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
+
+    def __init__(self, *args: Any, options: PrepareOptions | None = None,
+                 progress: Callable[[int], None] | None = None, **kwargs: Any):
+        self.options = options or PrepareOptions()  # _info(), called by the base, reads it
+        super().__init__(*args, **kwargs)
+        self.rejections: list[annotations.Rejection] = []
+        self.num_read = 0
+        self._split_votes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        self._progress = progress
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        num_findings = len(findings_lib.FINDINGS)
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                # The side is in metadata["prepare"]; (None, None) lets any prepared size be read.
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.options.image_format),
+                "image_id": tfds.features.Text(),
+                "file": tfds.features.Text(),
+                "disc": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                "fovea": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                "votes": tfds.features.Tensor(shape=(num_findings,), dtype=np.int32),
+                "region_bits": tfds.features.Tensor(shape=(num_findings,), dtype=np.uint8),
+                "num_graders": tfds.features.Scalar(dtype=np.int32),
+                "line": tfds.features.Text(),
+            }),
+            metadata=tfds.core.MetadataDict(),
+            homepage="https://github.com/fundax/fundax",
+        )
+
+    def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+        if self.builder_config.name == "manual":
+            return pathlib.Path(dl_manager.manual_dir)
+        # Photographs are written at their own size; only the generator's settings matter.
+        params = dataclasses.asdict(self.options.synthetic_config)
+        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        out_dir = pathlib.Path(dl_manager.download_dir) / f"synthetic_{key}"
+        if not (out_dir / "annotations.jsonl").exists():
+            synthetic.write_manual_dir(out_dir, self.options.synthetic_config, workers=self.options.workers)
+        return out_dir
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+        manual_dir = self._manual_dir(dl_manager)
+        read = annotations.read_annotations(manual_dir / "annotations.jsonl")
+        self.num_read = read.num_read
+        self.rejections = list(read.rejections)
+        by_split: dict[str, list[annotations.Record]] = {split: [] for split in SPLITS}
+        for record in read.records:
+            split = record.split
+            if split == "train" and is_validation(record.image_id):
+                split = "validation"
+            by_split[split].append(record)
+        self._fail_if_strict()
+        self.info.metadata["prepare"] = self.options.params(self.builder_config.name)
+        self.info.metadata["source_dir"] = os.fspath(manual_dir)
+        return {split: self._generate_examples(records, manual_dir, split) for split, records in by_split.items()}
+
+    def _generate_examples(
+        self, records: list[annotations.Record], manual_dir: pathlib.Path, split: str
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        prepare = lambda record: _prepare_record(record, manual_dir, self.options)  # noqa: E731
+        workers = self.options.workers or os.cpu_count() or 1
+        # cv2 and PIL release the GIL while decoding, resizing and encoding, so
+        # threads use every core without forking a process that may hold jax.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(prepare, records):
+                if self._progress is not None:
+                    self._progress(1)
+                if outcome.rejection is not None:
+                    self.rejections.append(outcome.rejection)
+                    self._fail_if_strict()
+                    continue
+                self._split_votes[split].append(outcome.example["votes"])
+                yield outcome.example["image_id"], outcome.example
+
+    def _fail_if_strict(self) -> None:
+        if self.options.strict and self.rejections:
+            first = min(self.rejections, key=lambda r: r.line_number)
+            raise PrepareError(
+                f"--strict: {first.source}:{first.line_number}: {first.reason}"
+                f" ({len(self.rejections)} rejected so far)"
+            )
+
+    def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager, download_config: Any) -> None:
+        super()._download_and_prepare(dl_manager, download_config)
+        write_rejects(pathlib.Path(self.data_dir) / REJECTS_FILE, self.rejections)
+        self.info.metadata["num_read"] = self.num_read
+        self.info.metadata["num_rejected"] = len(self.rejections)
+        self.info.metadata["num_accepted"] = self.num_read - len(self.rejections)
+        self.info.metadata["label_counts"] = {
+            split: label_counts(np.array(votes, np.int32).reshape(-1, len(findings_lib.FINDINGS)))
+            for split, votes in self._split_votes.items()
+        }
+
+
+def label_counts(votes: np.ndarray, min_votes: int = 2) -> dict[str, dict[str, int]]:
+    """Per finding, how many records are present, absent and excluded (uncertain)."""
+    label, weight = annotations.consensus(votes, min_votes)
+    return {
+        name: {
+            "present": int(np.sum((weight[:, k] > 0) & (label[:, k] > 0))),
+            "absent": int(np.sum((weight[:, k] > 0) & (label[:, k] == 0))),
+            "excluded": int(np.sum(weight[:, k] == 0)),
+        }
+        for k, name in enumerate(findings_lib.FINDINGS)
+    }
+
+
+def _prepare_record(
+    record: annotations.Record, manual_dir: pathlib.Path, options: PrepareOptions
+) -> _Outcome:
+    """Load, check and preprocess one photograph; a failure becomes a rejection."""
+    try:
+        path = annotations.resolve_image_path(manual_dir, record.file)
+        image = images.load_image(path, max_pixels=options.max_pixels)
+        height, width = image.shape[:2]
+        images.check_inside(record.disc, record.fovea, width, height)
+        image, disc, fovea = images.preprocess(image, record.disc, record.fovea, options.image_size_px)
+    except (annotations.AnnotationError, images.ImageError) as e:
+        return _Outcome(rejection=annotations.Rejection(
+            source=os.fspath(manual_dir / "annotations.jsonl"),
+            line_number=record.line_number, reason=str(e), text=record.line))
+    ext = ".png" if options.image_format == "png" else ".jpg"
+    ok, encoded = cv2.imencode(ext, image[:, :, ::-1])
+    if not ok:  # cv2 cannot encode a well-formed uint8 image only if it is out of memory
+        raise PrepareError(f"could not encode {record.image_id}")
+    return _Outcome(example={
+        "image": encoded.tobytes(),
+        "image_id": record.image_id,
+        "file": record.file,
+        "disc": np.asarray(disc, np.float32),
+        "fovea": np.asarray(fovea, np.float32),
+        "votes": record.votes().astype(np.int32),
+        "region_bits": record.region_bits().astype(np.uint8),
+        "num_graders": np.int32(len(record.graders)),
+        "line": record.line,
+    })
+
+
+def write_rejects(path: pathlib.Path, rejections: list[annotations.Rejection]) -> None:
+    """One JSON object per rejected line: file, line number, reason and original text."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rejection in rejections:
+            f.write(json.dumps(rejection.as_json(), ensure_ascii=False) + "\n")

@@ -1,0 +1,130 @@
+"""Host input pipeline: prepared records → per-process batches → global device arrays.
+
+The host only reads and decodes; augmentation and region masks are made on the
+device (:mod:`fundax.data.augment`). Batches are laid out globally: global batch
+g holds positions [g·B, (g+1)·B) of one seeded, per-epoch shuffled order of the
+split, and process p reads only its contiguous slice of each global batch. So the
+global batch, and with it every loss and update, is the same whatever the number
+of processes and devices, and a process never reads another's examples.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from fundax import findings as findings_lib
+from fundax.data import annotations
+
+TRAIN_FIELDS = ("image", "disc", "fovea", "region_bits", "label", "weight")
+
+
+class DatasetError(ValueError):
+    """A dataset or split that cannot be read."""
+
+
+def open_split(dataset: str, data_dir: str | pathlib.Path, split: str) -> Any:
+    """The random-access source of one prepared split (``tfds.data_source``)."""
+    import tensorflow_datasets as tfds
+
+    import fundax.data.fundus_findings  # noqa: F401  (registers the builder)
+
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception as e:  # TFDS raises several types for unknown names and configs
+        raise DatasetError(f"cannot open dataset {dataset!r} in {data_dir}: {e}") from None
+    if not builder.is_prepared():
+        raise DatasetError(
+            f"dataset {dataset!r} is not prepared in {data_dir}; run "
+            f"python -m fundax.prepare --source={dataset.split('/')[-1]} --data_dir={data_dir}")
+    if split not in builder.info.splits:
+        raise DatasetError(
+            f"dataset {dataset!r} in {data_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split)
+
+
+class FindingExample:
+    """Picks one finding's label, weight and regional cue out of a prepared record."""
+
+    def __init__(self, finding: str, min_votes: int):
+        self.index = findings_lib.finding_index(finding)
+        self.min_votes = min_votes
+
+    def __call__(self, record: dict[str, Any], weight_scale: float = 1.0) -> dict[str, np.ndarray]:
+        votes = np.asarray(record["votes"][self.index])
+        label, weight = annotations.consensus(votes, self.min_votes)
+        return {
+            "image": np.asarray(record["image"], np.uint8),
+            "disc": np.asarray(record["disc"], np.float32),
+            "fovea": np.asarray(record["fovea"], np.float32),
+            # Absent findings have an empty cue: the guidance suppresses activation everywhere.
+            "region_bits": np.int32(record["region_bits"][self.index]) * (label > 0).astype(np.int32),
+            "label": np.float32(label),
+            "weight": np.float32(weight * weight_scale),
+        }
+
+
+def _local_position(k: int, global_batch: int, process_index: int, process_count: int) -> int:
+    """Global stream position of the k-th example this process reads."""
+    local_batch = global_batch // process_count
+    return (k // local_batch) * global_batch + process_index * local_batch + k % local_batch
+
+
+def train_dataset(
+    source: Any,
+    example: FindingExample,
+    *,
+    global_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    threads: int = 8,
+    prefetch_batches: int = 2,
+) -> grain.IterDataset:
+    """An endless, reshuffled-each-epoch stream of this process's slices of global batches."""
+    if global_batch % process_count:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
+    if len(source) == 0:
+        raise DatasetError("the training split is empty")
+    order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    local = grain.MapDataset.range(len(order)).map(
+        lambda k: example(source[order[_local_position(k, global_batch, process_index, process_count)]]))
+    local_batch = global_batch // process_count
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(1, prefetch_batches) * local_batch)
+    return local.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
+
+
+def eval_batches(
+    source: Any,
+    example: FindingExample,
+    *,
+    global_batch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of a split once, in order, padded to whole global batches.
+
+    Padding repeats record 0 with weight 0 and ``record_index`` −1, so it never
+    counts; ``record_index`` maps each result back to its record.
+    """
+    local_batch = global_batch // process_count
+    num_batches = -(-len(source) // global_batch)
+    for g in range(num_batches):
+        start = g * global_batch + process_index * local_batch
+        rows = []
+        for position in range(start, start + local_batch):
+            real = position < len(source)
+            row = example(source[position if real else 0], weight_scale=1.0 if real else 0.0)
+            row["record_index"] = np.int32(position if real else -1)
+            rows.append(row)
+        yield {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """Global arrays from this process's slice of a batch."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

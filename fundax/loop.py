@@ -1,0 +1,206 @@
+"""The training loop: data, steps, validation, model selection, checkpoints and logs.
+
+Running it again on the same workdir resumes at the latest checkpoint with the
+saved parameters, optimiser, data-iterator and loop state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fundax import checkpoints, trainer
+from fundax.data import pipeline
+
+log = logging.getLogger("fundax")
+
+TRAIN_METRICS = ("loss", "bce", "guidance", "grad_norm")
+
+
+class MetricWriter:
+    """``metrics.jsonl`` and TensorBoard event files in the workdir (process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path, resume_step: int | None):
+        self.enabled = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        if not self.enabled:
+            return
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        from tensorboardX import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self.enabled:
+            self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+    """Drop entries written after ``last_step``: a resumed run writes them again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Errors a user can fix by changing one config value, each named."""
+    problems = []
+    if config.batch_size <= 0 or config.batch_size % num_devices:
+        problems.append(f"batch_size {config.batch_size} must be a positive multiple of the {num_devices} devices")
+    for key in ("num_train_steps", "eval_every_steps", "log_every_steps", "checkpoints_to_keep", "image_size"):
+        if config[key] <= 0:
+            problems.append(f"{key} must be positive, got {config[key]}")
+    if config.eval_every_steps > 0 and config.log_every_steps > 0 and config.eval_every_steps % config.log_every_steps:
+        problems.append(f"eval_every_steps {config.eval_every_steps} must be a multiple of "
+                        f"log_every_steps {config.log_every_steps}")
+    if config.image_size % 16:
+        problems.append(f"image_size {config.image_size} must be a multiple of 16 (four stride-2 reductions)")
+    if config.guidance_weight < 0:
+        problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
+    if config.learning_rate <= 0:
+        problems.append(f"learning_rate must be positive, got {config.learning_rate}")
+    if problems:
+        raise ValueError("bad config: " + "; ".join(problems))
+
+
+def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    return int(builder.info.metadata["prepare"]["image_size_px"])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       data_dir: str | pathlib.Path, show_progress: bool = True) -> dict[str, Any]:
+    """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint."""
+    workdir = pathlib.Path(workdir)
+    mesh = trainer.make_mesh()
+    check_config(config, mesh.size)
+    model = trainer.create_model(config)
+    tx = trainer.make_optimizer(config)
+
+    train_source = pipeline.open_split(config.dataset, data_dir, "train")
+    val_source = pipeline.open_split(config.dataset, data_dir, "validation")
+    size = prepared_image_size(config.dataset, data_dir)
+    if size != config.image_size:
+        raise ValueError(f"{config.dataset} in {data_dir} is prepared at {size} px but image_size is "
+                         f"{config.image_size}: set --config.image_size={size} or prepare it again")
+    example = pipeline.FindingExample(config.finding, config.min_votes)
+    process, processes = jax.process_index(), jax.process_count()
+    data_iter = iter(pipeline.train_dataset(
+        train_source, example, global_batch=config.batch_size, seed=config.seed, process_index=process,
+        process_count=processes, threads=config.loader_threads, prefetch_batches=config.prefetch_batches))
+
+    ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep)
+    latest = ckpts.latest_step()
+    if latest is not None:
+        checkpoints.check_compatible(ckpts.restore_loop(latest), config.finding, config.model_name, workdir)
+        state, loop_json = ckpts.restore(latest, trainer.abstract_train_state(model, tx, config, mesh), data_iter)
+        loop = trainer.LoopState.from_json(loop_json)
+        sums = {k: np.float32(v) for k, v in loop_json.get("train_sums", {}).items()}
+        log.info("resuming %s from step %d (%s)", workdir, latest, ckpts.directory)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        state = trainer.create_train_state(model, tx, config, mesh)
+        loop = trainer.LoopState(config.finding, config.model_name, float(config.learning_rate))
+        sums = {}
+    if process == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    writer = MetricWriter(workdir, latest)
+    train_step = trainer.make_train_step(model, tx, config, mesh)
+    eval_step = trainer.make_eval_step(model, config, mesh)
+    batch_sharding = NamedSharding(mesh, P(trainer.AXIS))
+    step = int(state.step)
+    validation: dict[str, float] = {}
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.num_train_steps, initial=step, unit="step", disable=not show_progress or process != 0)
+    tick, tick_step = time.perf_counter(), step
+    try:
+        while step < config.num_train_steps and not loop.stopped_early:
+            batch = pipeline.to_global(next(data_iter), batch_sharding)
+            state, metrics = train_step(state, batch)
+            step += 1
+            for name in TRAIN_METRICS:
+                sums[name] = sums.get(name, 0) + metrics[name]
+            sums["count"] = sums.get("count", 0) + 1
+            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                count = int(sums.pop("count"))
+                means = {k: float(np.asarray(v)) / count for k, v in sums.items()}
+                means["learning_rate"] = loop.learning_rate
+                writer.write(step, "train", means)
+                sums = {}
+                now = time.perf_counter()
+                images_per_s = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
+                writer.scalar("train/images_per_s", images_per_s, step)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{images_per_s:.1f}")
+                tick, tick_step = now, step
+            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
+                    val_source, example, global_batch=config.batch_size, process_index=process,
+                    process_count=processes), batch_sharding)
+                validation = trainer.validation_metrics(outputs, config.guidance_weight)
+                before = loop.learning_rate
+                loop.observe(step, validation["val_loss"], config)
+                if loop.learning_rate != before:
+                    state = trainer.set_learning_rate(state, loop.learning_rate)
+                    log.info("step %d: validation loss stagnates, learning rate %.3g -> %.3g",
+                             step, before, loop.learning_rate)
+                writer.write(step, "validation", {**validation, "learning_rate": loop.learning_rate})
+                ckpts.save(step, state, _loop_json(loop, config, sums), data_iter,
+                           metrics={checkpoints.VALIDATION_METRIC: validation["val_loss"]})
+                bar.write(_validation_line(step, validation))
+            bar.update(1)
+    except KeyboardInterrupt:
+        if step > int(ckpts.latest_step() or 0):
+            ckpts.save(step, state, _loop_json(loop, config, sums), data_iter)
+            log.warning("interrupted: saved a checkpoint at step %d in %s", step, ckpts.directory)
+        raise
+    finally:
+        bar.close()
+        ckpts.close()
+        writer.close()
+    if loop.stopped_early:
+        log.info("early stop at step %d: no better validation loss for %d evaluations",
+                 step, config.early_stopping_patience)
+    return {"step": step, "best_step": loop.best_step, "best_val_loss": loop.best_val_loss,
+            "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
+            "metrics": str(workdir / "metrics.jsonl"), "tensorboard": str(workdir / "tensorboard"),
+            **validation}
+
+
+def _loop_json(loop: trainer.LoopState, config: ml_collections.ConfigDict, sums: dict[str, Any]) -> dict[str, Any]:
+    # Partial train-metric sums travel with the checkpoint so a resumed run logs the same means.
+    return loop.as_json(config) | {"train_sums": {k: float(np.asarray(v)) for k, v in sums.items()}}
+
+
+def _validation_line(step: int, v: dict[str, float]) -> str:
+    auroc = f", AUROC {v['val_auroc']:.4f}" if "val_auroc" in v else ""
+    return f"step {step}: validation loss {v['val_loss']:.4f} (BCE {v['val_bce']:.4f}, " \
+           f"guidance {v['val_guidance']:.4f}){auroc} on {v['val_examples']} examples"

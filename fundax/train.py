@@ -1,0 +1,92 @@
+"""Train a regionally guided CNN for one finding.
+
+    python -m fundax.train --finding=macular_hole --workdir=runs/mh \\
+        [--data_dir=DIR] [--dataset=fundus_findings/manual] \\
+        [--config=experiments/configs/paper.py] [--config.guidance_weight=0]
+
+With the default dataset (``fundus_findings/synthetic``) the synthetic set is
+prepared into ``--data_dir`` on first use. Running the same command on the same
+workdir resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from fundax import findings
+from fundax.configs import DEFAULT_CONFIG_FILE
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("finding", None, f"One of: {', '.join(findings.FINDINGS)}.")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
+flags.DEFINE_string("data_dir", os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
+                    "Where prepared datasets live (default $FUNDAX_DATA_DIR or ~/fundax_data).")
+flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. fundus_findings/manual (default: the config's).")
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG_FILE, "A config file; override keys with --config.KEY=VALUE.")
+flags.mark_flags_as_required(["finding", "workdir"])
+
+log = logging.getLogger("fundax")
+
+
+def prepare_embedded(config, data_dir: str) -> None:
+    """The synthetic set is fundax's embedded default: prepare it once, and say so."""
+    from fundax import prepare
+    from fundax.data import synthetic
+
+    s = config.synthetic
+    synthetic_config = synthetic.SyntheticConfig(
+        num_train=s.num_train, num_test=s.num_test, seed=s.seed,
+        shortcut_finding=s.shortcut_finding or None, shortcut_strength=s.shortcut_strength)
+    if jax.process_index() == 0:
+        result = prepare.prepare("synthetic", data_dir, image_size_px=config.image_size,
+                                 synthetic_config=synthetic_config)
+        if not result.reused:
+            print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
+                  f"{config.image_size} px) into {result.dataset_dir}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from fundax import loop
+
+    config = FLAGS.config
+    try:
+        findings.get_finding(FLAGS.finding)
+        config.finding = FLAGS.finding
+        if FLAGS.dataset:
+            config.dataset = FLAGS.dataset
+        if jax.default_backend() == "cpu":
+            log.warning("no accelerator found: training on %d CPU device(s); for a run sized for a CPU "
+                        "use --config=experiments/configs/cpu_demo.py", jax.device_count())
+        if config.dataset == "fundus_findings/synthetic":
+            prepare_embedded(config, FLAGS.data_dir)
+        result = loop.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
+              f"{FLAGS.workdir}/checkpoints", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("FUNDAX_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    best = result["best_val_loss"]
+    print(f"finished at step {result['step']}"
+          + (f" (early stop)" if result["stopped_early"] else "")
+          + (f"; best validation loss {best:.4f} at step {result['best_step']}" if best is not None else ""))
+    if "val_auroc" in result:
+        print(f"last validation AUROC {result['val_auroc']:.4f}")
+    print(f"checkpoints: {result['checkpoints']}\nmetrics:     {result['metrics']}\n"
+          f"tensorboard: {result['tensorboard']}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

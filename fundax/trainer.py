@@ -1,0 +1,293 @@
+"""The train state, the data-parallel train step, the eval step, and the training loop.
+
+One global batch is split over the mesh axis ``data``; the per-device work is
+written with ``jax.shard_map``. Every device augments its examples (keys from
+seed, step and the example's position in the global batch, so any number of
+devices computes the same batch), runs the model, and computes its share of the
+combined loss (eq. 3); gradients (by shard_map's autodiff) and metrics (by
+``lax.psum``) are summed over devices and BatchNorm statistics are averaged
+across them. The same code runs
+on one CPU and on every device of an accelerator host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fundax import losses
+from fundax.data import augment
+from fundax.models import guided_cnn
+
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything the train step changes; plain arrays, so Orbax saves it as is."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all (global) devices, axis ``data``."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+
+
+def create_model(config: ml_collections.ConfigDict) -> guided_cnn.GuidedCNN:
+    """The config's model for its finding, with BatchNorm synchronised over ``data``."""
+    if config.model_name != "guided_cnn":
+        raise ValueError(f"unknown model_name {config.model_name!r}; fundax has 'guided_cnn'")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return guided_cnn.GuidedCNN.from_finding(
+        config.finding,
+        stem_width=config.model.stem_width,
+        units_per_stage=tuple(config.model.units_per_stage),
+        aspp_width=config.model.aspp_width,
+        bn_momentum=config.model.bn_momentum,
+        dtype=jnp.dtype(config.dtype),
+        axis_name=AXIS,
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with Nesterov momentum; the learning rate lives in the optimiser state.
+
+    For ``plateau`` the loop lowers it after validation (:func:`set_learning_rate`);
+    ``cosine`` decays it over ``num_train_steps``; ``constant`` keeps it.
+    """
+    if config.lr_schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(
+            config.learning_rate, config.num_train_steps, alpha=config.min_learning_rate / config.learning_rate)
+    elif config.lr_schedule in ("plateau", "constant"):
+        learning_rate = config.learning_rate
+    else:
+        raise ValueError(f"lr_schedule must be 'plateau', 'cosine' or 'constant', got {config.lr_schedule!r}")
+
+    def sgd(learning_rate: Any) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(learning_rate, momentum=config.momentum, nesterov=True),
+        )
+
+    return optax.inject_hyperparams(sgd)(learning_rate=learning_rate)
+
+
+def learning_rate(state: TrainState) -> float:
+    return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def set_learning_rate(state: TrainState, value: float) -> TrainState:
+    old = state.opt_state.hyperparams["learning_rate"]
+    new = jax.device_put(np.asarray(value, old.dtype), old.sharding)
+    hyperparams = dict(state.opt_state.hyperparams, learning_rate=new)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def create_train_state(
+    model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """Initial state, replicated over the mesh; the same on every process (seeded)."""
+    size = config.image_size
+
+    def init() -> TrainState:
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        # Initialisation runs outside shard_map, where there is no axis to average over.
+        variables = model.clone(axis_name=None).init(jax.random.PRNGKey(config.seed), images, train=False)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def abstract_train_state(
+    model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
+    shapes = jax.eval_shape(lambda: create_train_state(model, tx, config, mesh))
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+def augment_config(config: ml_collections.ConfigDict) -> augment.AugmentConfig | None:
+    if not config.augment.enabled:
+        return None
+    a = config.augment
+    return augment.AugmentConfig(
+        flip=a.flip, scale=tuple(a.scale), rotation_deg=a.rotation_deg, translation=a.translation,
+        shear_deg=a.shear_deg, intensity=tuple(a.intensity))
+
+
+def _global_positions(batch: dict[str, jax.Array]) -> jax.Array:
+    """Positions of this device's examples in the global batch."""
+    local = batch["label"].shape[0]
+    return jax.lax.axis_index(AXIS) * local + jnp.arange(local)
+
+
+def make_train_step(model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """``train_step(state, batch) -> (state, metrics)``, jitted, state donated.
+
+    ``batch``: global arrays ``image`` uint8 (B, S, S, 3), ``disc`` and ``fovea``
+    (B, 2), ``region_bits`` int32 (B,), ``label`` and ``weight`` float32 (B,).
+    """
+    map_size = guided_cnn.activation_map_size(config.image_size)
+    aug = augment_config(config)
+    seed = config.seed
+
+    def per_device(state: TrainState, batch: dict[str, jax.Array]):
+        keys = augment.example_keys(seed, state.step, _global_positions(batch))
+        images, masks = augment.augment_batch(
+            batch["image"], batch["disc"], batch["fovea"], batch["region_bits"], keys,
+            map_size=map_size, config=aug, train=aug is not None)
+        local_weight = jnp.sum(batch["weight"])
+        total_weight = jax.lax.psum(local_weight, AXIS)
+        # Each device's loss is a weighted mean over its examples; scaled by its share
+        # of the weight, the psum over devices is the weighted mean over the global batch.
+        share = jnp.where(total_weight > 0, local_weight / jnp.maximum(total_weight, 1e-12), 0.0)
+
+        def loss_fn(params):
+            outputs, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                mutable=["batch_stats"])
+            total, parts = losses.total_loss(
+                logits=outputs["logit"], activation_map=outputs["activation_map"], labels=batch["label"],
+                region_mask=masks, weights=batch["weight"], guidance_weight=config.guidance_weight,
+                epsilon=config.epsilon)
+            return total * share, (parts, updates["batch_stats"])
+
+        # The params enter replicated; shard_map's autodiff transposes that broadcast
+        # into a psum, so these gradients are already summed over the devices.
+        grads, (parts, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1, params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats, opt_state=opt_state)
+        names = {"loss": "total", "bce": "classification", "guidance": "guidance"}
+        metrics = {name: jax.lax.psum(parts[part] * share, AXIS) for name, part in names.items()}
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["weight"] = total_weight
+        return new_state, metrics
+
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_step(model: guided_cnn.GuidedCNN, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """``eval_step(state, batch) -> per-example outputs``, jitted; no augmentation.
+
+    Returns, per example: ``probability``, ``label``, ``weight``, ``record_index``,
+    ``activation_map``, the per-example losses ``bce`` and ``guidance``, and the AIR
+    terms ``air_inside`` (sum of A inside the regional cue) and ``air_total`` (sum of A).
+    """
+    map_size = guided_cnn.activation_map_size(config.image_size)
+
+    def per_device(state: TrainState, batch: dict[str, jax.Array]):
+        images, masks = augment.augment_batch(
+            batch["image"], batch["disc"], batch["fovea"], batch["region_bits"], None,
+            map_size=map_size, config=None, train=False)
+        outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        activation = outputs["activation_map"]
+        one = jnp.ones((1,), jnp.float32)
+        bce = jax.vmap(lambda z, y: losses.classification_loss(z[None], y[None], one))(
+            outputs["logit"], batch["label"])
+        guidance = jax.vmap(lambda a, m: losses.guidance_loss(a[None], m[None], one, config.epsilon))(
+            activation, masks)
+        return {
+            "probability": jax.nn.sigmoid(outputs["logit"]),
+            "label": batch["label"],
+            "weight": batch["weight"],
+            "record_index": batch["record_index"],
+            "activation_map": activation,
+            "bce": bce,
+            "guidance": guidance,
+            "air_inside": jnp.sum(activation * masks, axis=(1, 2)),
+            "air_total": jnp.sum(activation, axis=(1, 2)),
+        }
+
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+    return jax.jit(step)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The host-side state of the loop: model selection and the plateau schedule."""
+
+    finding: str
+    model_name: str
+    learning_rate: float
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+    def observe(self, step: int, val_loss: float, config: ml_collections.ConfigDict) -> bool:
+        """Record a validation loss; True when it is the best so far."""
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, step, 0
+            return True
+        self.evals_since_best += 1
+        if config.lr_schedule == "plateau" and self.evals_since_best % config.lr_plateau_patience == 0:
+            self.learning_rate = max(self.learning_rate * config.lr_plateau_factor, config.min_learning_rate)
+        patience = config.early_stopping_patience
+        self.stopped_early = patience > 0 and self.evals_since_best >= patience
+        return False
+
+    def as_json(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), config=config.to_dict())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def gather_eval(eval_step, state: TrainState, batches, sharding: NamedSharding) -> dict[str, np.ndarray]:
+    """Run the eval step over batches and bring every real example's outputs to the host."""
+    from fundax.data import pipeline
+
+    chunks = []
+    for batch in batches:
+        out = eval_step(state, pipeline.to_global(batch, sharding))
+        out = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), out)
+        chunks.append(out)
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    keep = merged["record_index"] >= 0
+    return {k: v[keep] for k, v in merged.items()}
+
+
+def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float) -> dict[str, float]:
+    """Weighted validation losses (eq. 1–3) and AUROC over the scored examples."""
+    from sklearn.metrics import roc_auc_score
+
+    w = outputs["weight"]
+    total = float(w.sum())
+    bce = float((w * outputs["bce"]).sum() / total) if total else 0.0
+    guidance = float((w * outputs["guidance"]).sum() / total) if total else 0.0
+    scored = w > 0
+    labels = outputs["label"][scored]
+    metrics = {"val_loss": bce + guidance_weight * guidance, "val_bce": bce, "val_guidance": guidance,
+               "val_examples": int(scored.sum())}
+    if 0 < labels.sum() < len(labels):
+        metrics["val_auroc"] = float(roc_auc_score(labels, outputs["probability"][scored]))
+    return metrics
+

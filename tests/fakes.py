@@ -1,0 +1,43 @@
+"""Small in-memory records shaped like prepared ``fundus_findings`` records."""
+
+import ml_collections
+import numpy as np
+
+from fundax import findings, regions
+from fundax.configs import default
+
+
+def records(n: int, size: int = 32, seed: int = 0) -> list[dict]:
+    """Random photographs with a disc left of centre, a fovea right of it, and votes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        votes = rng.integers(0, 4, len(findings.FINDINGS)).astype(np.int32)
+        bits = np.where(votes > 0, regions.regions_to_bits(["macula", "temporal"]), 0).astype(np.uint8)
+        out.append({
+            "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "image_id": f"fake-{i}".encode(),
+            "disc": np.array([0.3 * size, 0.5 * size], np.float32) + rng.normal(0, 1, 2).astype(np.float32),
+            "fovea": np.array([0.65 * size, 0.52 * size], np.float32),
+            "votes": votes,
+            "region_bits": bits,
+            "num_graders": np.int32(3),
+        })
+    return out
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """A config small enough to compile and step in seconds on a CPU."""
+    config = default.get_config()
+    config.image_size = 32
+    config.model.stem_width = 4
+    config.model.units_per_stage = (1, 1, 1)
+    config.model.aspp_width = 4
+    config.batch_size = 8
+    config.num_train_steps = 4
+    config.eval_every_steps = 2
+    config.log_every_steps = 1
+    config.loader_threads = 1
+    for key, value in overrides.items():
+        config[key] = value
+    return config

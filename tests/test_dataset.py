@@ -1,0 +1,189 @@
+"""The fundus_findings TFDS dataset from a manual directory, read back with tfds.data_source."""
+
+import json
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from fundax import findings, prepare, regions
+from fundax.data import annotations, fundus_findings, pipeline
+
+H, W = 60, 80  # original photographs: a fundus circle of radius 28 centred in a black frame
+
+
+def _photo(path: pathlib.Path, shade: int = 200) -> None:
+    image = np.zeros((H, W, 3), np.uint8)
+    cv2.circle(image, (40, 30), 28, (shade // 3, shade // 2, shade), -1)  # BGR: orange-red
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image)
+
+
+def _line(image_id, file, split="train", disc=(30.0, 30.0), fovea=(52.0, 31.0), graders=None):
+    graders = graders if graders is not None else [
+        {"annotator": "a", "findings": {"macular_hole": ["macula"], "drusen": ["macula", "temporal"]}},
+        {"annotator": "b", "findings": {}},
+        {"annotator": "c", "findings": {"macular_hole": ["macula", "superior_disc"]}},
+    ]
+    return json.dumps({"image_id": image_id, "file": file, "split": split, "disc": list(disc),
+                       "fovea": list(fovea), "annotations": graders, "camera": "x"})
+
+
+@pytest.fixture(scope="module")
+def manual(tmp_path_factory):
+    """A manual directory with 8 good lines and one line of every image-level fault."""
+    root = tmp_path_factory.mktemp("manual")
+    lines = []
+    for i in range(6):
+        _photo(root / "images" / f"tr{i}.png")
+        lines.append(_line(f"tr{i}", f"images/tr{i}.png"))
+    for i in range(2):
+        _photo(root / "images" / f"te{i}.jpg")
+        lines.append(_line(f"te{i}", f"images/te{i}.jpg", split="test",
+                           graders=[{"annotator": "a", "findings": {}}, {"annotator": "b", "findings": {}}]))
+    (root / "images" / "notimage.png").write_text("hello")
+    _photo(root / "images" / "cut.png")
+    data = (root / "images" / "cut.png").read_bytes()
+    (root / "images" / "cut.png").write_bytes(data[: len(data) // 2])
+    _photo(root / "images" / "big.png")
+    big = np.zeros((200, 200, 3), np.uint8)
+    cv2.circle(big, (100, 100), 90, (60, 100, 200), -1)
+    cv2.imwrite(str(root / "images" / "huge.png"), big)
+    bad = [
+        _line("missing", "images/nothere.png"),
+        _line("notimage", "images/notimage.png"),
+        _line("cut", "images/cut.png"),
+        _line("outside", "images/big.png", fovea=(95.0, 31.0)),
+        _line("bomb", "images/huge.png"),
+        _line("escape", "../outside.png"),
+        "{not json",
+    ]
+    lines[3:3] = bad
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return root, bad
+
+
+@pytest.fixture(scope="module")
+def prepared(manual, tmp_path_factory):
+    root, _ = manual
+    data_dir = tmp_path_factory.mktemp("data")
+    result = prepare.prepare("manual", data_dir, image_size_px=32, manual_dir=root, max_pixels=10_000,
+                             show_progress=False, workers=2)
+    return result, data_dir
+
+
+def test_counts_read_accepted_rejected(prepared, manual):
+    result, _ = prepared
+    _, bad = manual
+    meta = result.metadata
+    assert meta["num_read"] == 15
+    assert meta["num_rejected"] == len(bad) == 7
+    assert meta["num_accepted"] == 8
+    assert meta["num_read"] == meta["num_accepted"] + meta["num_rejected"]
+    assert sum(result.split_sizes.values()) == 8
+    assert result.split_sizes["test"] == 2
+
+
+def test_rejects_file_keeps_each_line_with_its_reason(prepared, manual):
+    result, _ = prepared
+    root, bad = manual
+    rejects = [json.loads(line) for line in result.rejects_path.read_text().splitlines()]
+    by_text = {r["text"]: r for r in rejects}
+    assert set(by_text) == set(bad)
+    reasons = {json.loads(t)["image_id"] if t.startswith("{\"") else "json": r["reason"]
+               for t, r in by_text.items()}
+    assert "nothere.png" in reasons["missing"]
+    assert "not" in reasons["notimage"] and "image" in reasons["notimage"]
+    assert "truncated" in reasons["cut"]
+    assert "fovea" in reasons["outside"]
+    assert "10000" in reasons["bomb"].replace(",", "").replace("_", "")
+    assert "escape" in reasons["escape"] or "outside" in reasons["escape"]
+    assert all(r["file"].endswith("annotations.jsonl") for r in rejects)
+    line_numbers = sorted(r["line"] for r in rejects)
+    assert line_numbers == [4, 5, 6, 7, 8, 9, 10]
+
+
+def test_records_read_back_with_votes_masks_and_transformed_coordinates(prepared, manual):
+    result, data_dir = prepared
+    root, _ = manual
+    sources = tfds.data_source("fundus_findings/manual", data_dir=data_dir)
+    records = [r for split in ("train", "validation") for r in (sources[split][i] for i in range(len(sources[split])))]
+    assert len(records) == 6
+    mh, dr = findings.finding_index("macular_hole"), findings.finding_index("drusen")
+    for r in records:
+        assert r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8
+        assert r["votes"][mh] == 2 and r["votes"][dr] == 1 and r["votes"].sum() == 3
+        assert r["region_bits"][mh] == regions.regions_to_bits(["macula", "superior_disc"])
+        assert r["region_bits"][dr] == regions.regions_to_bits(["macula", "temporal"])
+        assert r["num_graders"] == 3
+        line = r["line"].decode()
+        assert json.loads(line)["camera"] == "x"  # the original line, extra keys and all
+        # The fundus box is 56x56 from (12, 2); it scales by 32/56 into the square.
+        np.testing.assert_allclose(r["disc"], [(30 - 12) * 32 / 56, (30 - 2) * 32 / 56], atol=0.6)
+        np.testing.assert_allclose(r["fovea"], [(52 - 12) * 32 / 56, (31 - 2) * 32 / 56], atol=0.6)
+    example = pipeline.FindingExample("macular_hole", 2)(records[0])
+    assert example["label"] == 1 and example["weight"] == 1
+    drusen = pipeline.FindingExample("drusen", 2)(records[0])
+    assert drusen["weight"] == 0  # one vote of three: excluded for drusen only
+    test_record = sources["test"][0]
+    absent = pipeline.FindingExample("macular_hole", 2)(test_record)
+    assert absent["label"] == 0 and absent["weight"] == 1 and absent["region_bits"] == 0
+
+
+def test_label_counts_per_split(prepared):
+    result, _ = prepared
+    counts = result.metadata["label_counts"]
+    train_like = {k: counts["train"]["macular_hole"][k] + counts["validation"]["macular_hole"][k]
+                  for k in ("present", "absent", "excluded")}
+    assert train_like == {"present": 6, "absent": 0, "excluded": 0}
+    assert counts["test"]["macular_hole"] == {"present": 0, "absent": 2, "excluded": 0}
+    assert counts["train"]["drusen"]["excluded"] + counts["validation"]["drusen"]["excluded"] == 6
+
+
+def test_validation_is_a_stable_hash_of_image_id():
+    ids = [f"img-{i}" for i in range(2000)]
+    chosen = [i for i in ids if fundus_findings.is_validation(i)]
+    assert 150 < len(chosen) < 250  # about 10%
+    assert chosen == [i for i in reversed(ids) if fundus_findings.is_validation(i)][::-1]
+
+
+def test_reuse_and_parameter_mismatch(prepared, manual):
+    result, data_dir = prepared
+    root, _ = manual
+    again = prepare.prepare("manual", data_dir, image_size_px=32, manual_dir=root, max_pixels=10_000,
+                            show_progress=False)
+    assert again.reused and again.split_sizes == result.split_sizes
+    with pytest.raises(ValueError, match="prepared with .*image_size_px.*32.*--overwrite"):
+        prepare.prepare("manual", data_dir, image_size_px=48, manual_dir=root, show_progress=False)
+
+
+def test_strict_fails_on_the_first_rejection_and_leaves_nothing_behind(manual, tmp_path):
+    root, _ = manual
+    # Lines are checked before photographs, so the first rejection is the escaping path.
+    with pytest.raises(fundus_findings.PrepareError, match="--strict: .*annotations.jsonl:9: .*escapes"):
+        prepare.prepare("manual", tmp_path, image_size_px=32, manual_dir=root, strict=True, show_progress=False)
+    config_dir = tmp_path / "fundus_findings" / "manual"
+    assert not config_dir.exists() or not any(config_dir.iterdir())
+
+
+def test_missing_manual_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="needs --manual_dir"):
+        prepare.prepare("manual", tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="is not a directory"):
+        prepare.prepare("manual", tmp_path, manual_dir=tmp_path / "nope", show_progress=False)
+
+
+def test_missing_split_and_unprepared_dataset_are_clear_errors(prepared, tmp_path):
+    _, data_dir = prepared
+    with pytest.raises(pipeline.DatasetError, match="no split 'dev'.*'test', 'train', 'validation'"):
+        pipeline.open_split("fundus_findings/manual", data_dir, "dev")
+    with pytest.raises(pipeline.DatasetError, match="not prepared"):
+        pipeline.open_split("fundus_findings/synthetic", tmp_path, "train")
+
+
+def test_annotation_reader_and_prepare_agree_on_votes(manual):
+    root, _ = manual
+    read = annotations.read_annotations(root / "annotations.jsonl")
+    assert read.num_read == 15 and len(read.rejections) == 2  # schema-level: bad JSON and the escape

@@ -1,0 +1,183 @@
+"""The data-parallel train step, the eval step, resume and the loop's schedule."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import fakes
+from fundax import checkpoints, trainer
+from fundax.data import pipeline
+
+
+def _setup(config, num_devices):
+    mesh = trainer.make_mesh(jax.devices()[:num_devices])
+    model = trainer.create_model(config)
+    tx = trainer.make_optimizer(config)
+    return mesh, model, tx, NamedSharding(mesh, P(trainer.AXIS))
+
+
+def _train(config, num_devices, source, steps):
+    mesh, model, tx, sharding = _setup(config, num_devices)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    data = iter(pipeline.train_dataset(source, pipeline.FindingExample(config.finding, 2),
+                                       global_batch=config.batch_size, seed=config.seed, threads=1))
+    step = trainer.make_train_step(model, tx, config, mesh)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, pipeline.to_global(next(data), sharding))
+        history.append({k: float(v) for k, v in metrics.items()})
+    return state, history
+
+
+def test_one_and_eight_devices_agree():
+    assert jax.device_count() >= 8, "tests/conftest.py simulates 8 CPU devices"
+    config = fakes.tiny_config()
+    source = fakes.records(24)
+    state1, history1 = _train(config, 1, source, 3)
+    state8, history8 = _train(config, 8, source, 3)
+    for h1, h8 in zip(history1, history8):
+        for key in ("loss", "bce", "guidance", "grad_norm", "weight"):
+            np.testing.assert_allclose(h1[key], h8[key], rtol=2e-5, atol=1e-6)
+    flat1, flat8 = jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)
+    for a, b in zip(flat1, flat8):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(state1.batch_stats), jax.tree.leaves(state8.batch_stats)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert int(state8.step) == 3
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    config = fakes.tiny_config(learning_rate=0.05)
+    config.augment.enabled = False
+    mesh, model, tx, sharding = _setup(config, 2)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    batch = next(iter(pipeline.train_dataset(fakes.records(8), pipeline.FindingExample("macular_hole", 2),
+                                             global_batch=8, seed=0, threads=1)))
+    step = trainer.make_train_step(model, tx, config, mesh)
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, pipeline.to_global(batch, sharding))
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_eval_step_air_terms_and_padding():
+    config = fakes.tiny_config()
+    mesh, model, tx, sharding = _setup(config, 4)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    source = fakes.records(13)
+    example = pipeline.FindingExample("macular_hole", 2)
+    out = trainer.gather_eval(trainer.make_eval_step(model, config, mesh), state,
+                              pipeline.eval_batches(source, example, global_batch=8), sharding)
+    # 13 records in 2 padded batches of 8: every record once, the 3 pads dropped.
+    np.testing.assert_array_equal(out["record_index"], np.arange(13))
+    a = out["activation_map"]
+    np.testing.assert_allclose(out["air_total"], a.sum(axis=(1, 2)), rtol=1e-5)
+    assert np.all(out["air_inside"] <= out["air_total"] + 1e-5)
+    expected = [example(r) for r in source]
+    np.testing.assert_array_equal(out["label"], [e["label"] for e in expected])
+    np.testing.assert_array_equal(out["weight"], [e["weight"] for e in expected])
+    # An absent finding has an empty cue: nothing of its activation is inside.
+    absent = (out["label"] == 0) & (out["weight"] > 0)
+    assert absent.any() and np.all(out["air_inside"][absent] == 0)
+
+
+def test_validation_metrics_by_hand():
+    outputs = {
+        "weight": np.array([1.0, 1.0, 0.0, 1.0]),
+        "label": np.array([1.0, 0.0, 1.0, 0.0]),
+        "probability": np.array([0.9, 0.2, 0.1, 0.4]),
+        "bce": np.array([0.1, 0.2, 5.0, 0.3]),
+        "guidance": np.array([-1.0, -2.0, -9.0, -3.0]),
+    }
+    m = trainer.validation_metrics(outputs, guidance_weight=0.5)
+    assert m["val_bce"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3, the weight-0 row left out
+    assert m["val_guidance"] == pytest.approx(-2.0)
+    assert m["val_loss"] == pytest.approx(0.2 + 0.5 * -2.0)
+    assert m["val_auroc"] == pytest.approx(1.0)  # 0.9 above both negatives
+    assert m["val_examples"] == 3
+
+
+def test_plateau_schedule_and_early_stopping():
+    config = fakes.tiny_config(learning_rate=0.1, lr_plateau_patience=2, lr_plateau_factor=0.5,
+                               early_stopping_patience=3, min_learning_rate=0.03)
+    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.1)
+    assert loop.observe(10, 1.0, config) and loop.best_step == 10
+    assert not loop.observe(20, 1.5, config) and loop.learning_rate == 0.1
+    assert not loop.observe(30, 1.2, config) and loop.learning_rate == 0.05  # 2 evals without gain
+    assert not loop.stopped_early
+    assert not loop.observe(40, 1.1, config) and loop.stopped_early  # 3 evals without gain
+    assert loop.observe(50, 0.5, config) and loop.evals_since_best == 0 and loop.best_step == 50
+    loop.observe(60, 0.6, config)
+    loop.observe(70, 0.6, config)
+    assert loop.learning_rate == 0.03  # 0.025 floored at min_learning_rate
+    assert trainer.LoopState.from_json(loop.as_json(config)) == loop
+
+
+def test_set_learning_rate_changes_the_update():
+    config = fakes.tiny_config()
+    mesh, model, tx, _ = _setup(config, 1)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    assert trainer.learning_rate(state) == pytest.approx(config.learning_rate)
+    state = trainer.set_learning_rate(state, 0.001)
+    assert trainer.learning_rate(state) == pytest.approx(0.001)
+
+
+def test_resume_continues_with_saved_optimizer_and_iterator_state(tmp_path):
+    config = fakes.tiny_config()
+    source = fakes.records(20)
+    example = pipeline.FindingExample("macular_hole", 2)
+    mesh, model, tx, sharding = _setup(config, 2)
+    step = trainer.make_train_step(model, tx, config, mesh)
+
+    def stream():
+        return iter(pipeline.train_dataset(source, example, global_batch=8, seed=3, threads=2))
+
+    state, data = trainer.create_train_state(model, tx, config, mesh), stream()
+    for _ in range(5):
+        state, _ = step(state, pipeline.to_global(next(data), sharding))
+    straight = jax.tree.map(np.asarray, state)
+
+    state, data = trainer.create_train_state(model, tx, config, mesh), stream()
+    for _ in range(3):
+        state, _ = step(state, pipeline.to_global(next(data), sharding))
+    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
+    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01)
+    ckpts.save(3, state, loop.as_json(config), data)
+    ckpts.close()
+
+    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
+    assert ckpts.latest_step() == 3
+    fresh = stream()
+    restored, loop_json = ckpts.restore(3, trainer.abstract_train_state(model, tx, config, mesh), fresh)
+    ckpts.close()
+    assert int(restored.step) == 3 and loop_json["finding"] == "macular_hole"
+    momentum = jax.tree.leaves(restored.opt_state)
+    assert any(np.abs(np.asarray(m)).sum() > 0 for m in momentum)  # the optimiser state came back
+    for _ in range(2):
+        restored, _ = step(restored, pipeline.to_global(next(fresh), sharding))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(jax.tree.map(np.asarray, restored))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_finding_is_refused(tmp_path):
+    loop = {"finding": "drusen", "model_name": "guided_cnn"}
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="finding 'drusen', not 'macular_hole'"):
+        checkpoints.check_compatible(loop, "macular_hole", "guided_cnn", tmp_path)
+    checkpoints.check_compatible(loop, "drusen", "guided_cnn", tmp_path)
+
+
+def test_best_checkpoint_kept_beside_the_latest(tmp_path):
+    config = fakes.tiny_config()
+    mesh, model, tx, _ = _setup(config, 1)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
+    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
+    for step, val_loss in ((1, 0.9), (2, 0.3), (3, 0.5), (4, 0.7), (5, 0.8)):
+        ckpts.save(step, state, loop, metrics={"val_loss": val_loss})
+    ckpts.manager.wait_until_finished()
+    assert sorted(ckpts.all_steps()) == [2, 4, 5]
+    assert ckpts.best_step() == 2
+    ckpts.close()
