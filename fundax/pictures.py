@@ -79,10 +79,13 @@ def draw_regions(
     fig, ax = plt.subplots(figsize=(8, 8 * height / width), dpi=100)
     ax.imshow(tinted)
     for name, (x, y) in label_points(ids).items():
+        # Keep the names off the disc and fovea markers.
+        if min(np.hypot(x - px, y - py) for px, py in (disc_xy, fovea_xy)) < 0.05 * height:
+            y += 0.08 * height
         ax.text(x, y, name, ha="center", va="center", fontsize=9, color="black",
                 bbox=dict(boxstyle="round,pad=0.2", fc="white", alpha=0.8, lw=0))
-    ax.plot(*disc_xy, marker="+", color="white", markersize=12, mew=2)
-    ax.plot(*fovea_xy, marker="x", color="white", markersize=10, mew=2)
+    ax.plot(*disc_xy, marker="+", color="white", markersize=14, mew=2.5, zorder=5)
+    ax.plot(*fovea_xy, marker="x", color="white", markersize=11, mew=2.5, zorder=5)
     ax.set_title(title + "  (+ optic disc, × fovea)", fontsize=10)
     ax.set_axis_off()
     out = pathlib.Path(out_path)

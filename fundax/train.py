@@ -28,7 +28,12 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and Tenso
 flags.DEFINE_string("data_dir", os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
                     "Where prepared datasets live (default $FUNDAX_DATA_DIR or ~/fundax_data).")
 flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. fundus_findings/manual (default: the config's).")
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG_FILE, "A config file; override keys with --config.KEY=VALUE.")
+try:
+    # config_flags applies --config.KEY=VALUE overrides as the flag is defined, so a bad
+    # key or value surfaces here, before absl's own error handling exists.
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG_FILE, "A config file; override keys with --config.KEY=VALUE.")
+except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise SystemExit(f"error: bad --config override: {str(e).strip(chr(34))}") from None
 flags.mark_flags_as_required(["finding", "workdir"])
 
 log = logging.getLogger("fundax")
@@ -36,7 +41,7 @@ log = logging.getLogger("fundax")
 
 def prepare_embedded(config, data_dir: str) -> None:
     """The synthetic set is fundax's embedded default: prepare it once, and say so."""
-    from fundax import prepare
+    from fundax.data import preparation as prepare
     from fundax.data import synthetic
 
     s = config.synthetic
@@ -72,7 +77,7 @@ def main(argv: list[str]) -> int:
         print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
               f"{FLAGS.workdir}/checkpoints", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         if os.environ.get("FUNDAX_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -88,5 +93,13 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a bad flag or ``--config`` override reported in one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError) as e:
+        sys.exit(f"error: bad flag or --config override: {str(e).strip(chr(34))}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fundax import findings, prepare, regions
+from fundax import findings, regions
+from fundax.data import preparation as prepare
 from fundax.data import annotations, fundus_findings, pipeline
 
 H, W = 60, 80  # original photographs: a fundus circle of radius 28 centred in a black frame
