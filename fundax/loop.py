@@ -140,7 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     from tqdm import tqdm
 
-    bar = tqdm(total=config.num_train_steps, initial=step, unit="step", disable=not show_progress or process != 0)
+    bar = tqdm(total=config.num_train_steps, initial=step, unit="step", mininterval=2.0,
+               disable=not show_progress or process != 0)
     tick, tick_step = time.perf_counter(), step
     try:
         while step < config.num_train_steps and not loop.stopped_early:

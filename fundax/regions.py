@@ -1,4 +1,4 @@
-"""The paper's 8 anatomical regions (§2.1), exactly as ``shared/spec/REGIONS.md`` fixes them.
+"""The paper's 8 anatomical regions (§2.1), exactly as ``docs/REGIONS.md`` fixes them.
 
 Coordinates are image pixels, x to the right and y down; an image of H rows and
 W columns spans [0, W] × [0, H]. OD is the optic disc centre, F the fovea

@@ -17,6 +17,7 @@ import sys
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fundax import findings
@@ -57,6 +58,10 @@ def prepare_embedded(config, data_dir: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # Libraries log every backend they probe and every checkpoint file at INFO; show fundax's own lines.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from fundax import loop
@@ -68,8 +73,9 @@ def main(argv: list[str]) -> int:
         if FLAGS.dataset:
             config.dataset = FLAGS.dataset
         if jax.default_backend() == "cpu":
-            log.warning("no accelerator found: training on %d CPU device(s); for a run sized for a CPU "
-                        "use --config=experiments/configs/cpu_demo.py", jax.device_count())
+            hint = "; for a run sized for a CPU use --config=experiments/configs/cpu_demo.py" \
+                if config.image_size > 128 else ""
+            log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
         if config.dataset == "fundus_findings/synthetic":
             prepare_embedded(config, FLAGS.data_dir)
         result = loop.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir)

@@ -1,6 +1,6 @@
 """Reading ``annotations.jsonl`` of a manual directory, and the graders' consensus (§3.1).
 
-``shared/spec/DATA_FORMAT.md`` fixes the format. Every line is checked in full
+``docs/DATA_FORMAT.md`` fixes the format. Every line is checked in full
 and either becomes a :class:`Record` or a :class:`Rejection` with the reason,
 never half-used, so that lines read = lines accepted + lines rejected.
 

@@ -3,7 +3,7 @@
 Two configs share one code path:
 
 * ``manual`` reads a manual directory (``annotations.jsonl`` + photographs, see
-  ``shared/spec/DATA_FORMAT.md``);
+  ``docs/DATA_FORMAT.md``);
 * ``synthetic`` first writes such a directory with :mod:`fundax.data.synthetic`,
   then reads it exactly as ``manual`` does.
 
@@ -100,13 +100,15 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
 
     def __init__(self, *args: Any, options: PrepareOptions | None = None,
-                 progress: Callable[[int], None] | None = None, **kwargs: Any):
+                 progress: Callable[[int], None] | None = None,
+                 synthesis_progress: Callable[[int], None] | None = None, **kwargs: Any):
         self.options = options or PrepareOptions()  # _info(), called by the base, reads it
         super().__init__(*args, **kwargs)
         self.rejections: list[annotations.Rejection] = []
         self.num_read = 0
         self._split_votes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
         self._progress = progress
+        self._synthesis_progress = synthesis_progress
 
     def _info(self) -> tfds.core.DatasetInfo:
         num_findings = len(findings_lib.FINDINGS)
@@ -135,7 +137,8 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         out_dir = pathlib.Path(dl_manager.download_dir) / f"synthetic_{key}"
         if not (out_dir / "annotations.jsonl").exists():
-            synthetic.write_manual_dir(out_dir, self.options.synthetic_config, workers=self.options.workers)
+            synthetic.write_manual_dir(out_dir, self.options.synthetic_config, workers=self.options.workers,
+                                       progress=self._synthesis_progress)
         return out_dir
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:

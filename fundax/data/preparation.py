@@ -89,9 +89,13 @@ def prepare(
     _remove_incomplete(data_dir, source)
 
     tfds.disable_progress_bar()
-    bar = tqdm(desc="preparing photographs", unit="img", disable=not show_progress)
+    config = options.synthetic_config
+    synthesis = tqdm(desc="synthesizing photographs", unit="img", total=config.num_train + config.num_test,
+                     disable=not show_progress or source != "synthetic", mininterval=1.0)
+    bar = tqdm(desc="preparing photographs", unit="img", disable=not show_progress, mininterval=1.0)
     builder = fundus_findings.FundusFindings(
-        config=source, data_dir=data_dir, file_format="array_record", options=options, progress=bar.update)
+        config=source, data_dir=data_dir, file_format="array_record", options=options, progress=bar.update,
+        synthesis_progress=synthesis.update)
     download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
     try:
         builder.download_and_prepare(download_config=download_config)
@@ -99,6 +103,7 @@ def prepare(
         _remove_incomplete(data_dir, source)
         raise
     finally:
+        synthesis.close()
         bar.close()
     return PrepareResult(dataset_dir, load_metadata(dataset_dir), _split_sizes(builder), reused=False)
 
