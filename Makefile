@@ -19,6 +19,9 @@ demo: $(STAMP)
 	$(PY) -m fundax.regions --demo $(DEMO_DIR)/regions.png
 	$(PY) -m fundax.train --finding=macular_hole --workdir=$(DEMO_DIR)/macular_hole \
 	  --data_dir=$(DEMO_DIR)/data --config=experiments/configs/cpu_demo.py
+	$(PY) -m fundax.evaluate --workdir=$(DEMO_DIR)/macular_hole --split=validation
+	$(PY) -m fundax.evaluate --workdir=$(DEMO_DIR)/macular_hole --split=test
+	$(PY) -m fundax.report $(DEMO_DIR)/macular_hole --out=$(DEMO_DIR)/report --figure3
 
 test: $(STAMP)
 	$(PY) -m pytest -q

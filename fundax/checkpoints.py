@@ -23,7 +23,7 @@ class CheckpointMismatchError(ValueError):
 class Checkpoints:
     """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         preservation = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
@@ -36,7 +36,7 @@ class Checkpoints:
             # best_fn makes Orbax write the metrics to disk, so the best survives a restart.
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=preservation, best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",
-                create=True),
+                create=not read_only, read_only=read_only),
             item_names=("state", "data_iter", "loop"),
         )
 

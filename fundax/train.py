@@ -72,13 +72,14 @@ def main(argv: list[str]) -> int:
         config.finding = FLAGS.finding
         if FLAGS.dataset:
             config.dataset = FLAGS.dataset
+        config.data_dir = os.path.abspath(FLAGS.data_dir)
         if jax.default_backend() == "cpu":
             hint = "; for a run sized for a CPU use --config=experiments/configs/cpu_demo.py" \
                 if config.image_size > 128 else ""
             log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
         if config.dataset == "fundus_findings/synthetic":
             prepare_embedded(config, FLAGS.data_dir)
-        result = loop.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir)
+        result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
               f"{FLAGS.workdir}/checkpoints", file=sys.stderr)

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Data: with the synthetic dataset, fundax prepares it on first use.
     config.dataset = "fundus_findings/synthetic"
+    config.data_dir = ""  # set by the train command; evaluation finds the data through it
     config.image_size = 512  # px; the activation map is image_size / 16 on a side
     config.min_votes = 2  # graders needed for "present"; 0 votes = absent; else excluded
     config.loader_threads = 8

@@ -1,0 +1,49 @@
+"""Evaluate a saved checkpoint: AUROC, operating point and AIR, as in the paper's Table 1.
+
+    python -m fundax.evaluate --workdir=runs/mh [--split=test] [--checkpoint=best|latest|STEP]
+
+Results go to ``WORKDIR/eval``: ``<split>_metrics.json``, ``<split>_examples.csv``,
+``<split>_outputs.npz`` and ``<split>_roc.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training run's workdir.")
+flags.DEFINE_string("split", "test", "train, validation or test.")
+flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step number.")
+flags.DEFINE_string("data_dir", None, "Where the prepared dataset is (default: the run's).")
+flags.DEFINE_integer("batch_size", None, "Global evaluation batch (default: the run's).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    from fundax import evaluation
+
+    try:
+        result = evaluation.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.data_dir,
+                                     FLAGS.batch_size)
+    except (ValueError, OSError) as e:
+        if os.environ.get("FUNDAX_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(evaluation.summary(result))
+    print(f"wrote {os.path.join(FLAGS.workdir, 'eval', FLAGS.split + '_metrics.json')} and the examples, "
+          "outputs and ROC curve beside it")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

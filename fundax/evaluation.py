@@ -1,0 +1,163 @@
+"""Evaluating a saved checkpoint: every example of a split through the jitted eval step.
+
+Writes, under ``WORKDIR/eval``: ``<split>_metrics.json`` (AUROC with its bootstrap
+95% interval, the operating point maximising the harmonic mean of sensitivity and
+specificity, AIR on true positives and false negatives, counts),
+``<split>_examples.csv`` (one row per example, excluded ones included),
+``<split>_outputs.npz`` (probabilities and activation maps, for pictures and
+reports) and ``<split>_roc.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fundax import checkpoints, metrics, pictures, trainer
+from fundax.data import pipeline
+
+
+class EvaluationError(ValueError):
+    """A workdir, checkpoint or split that cannot be evaluated."""
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config a training run saved in its workdir."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not pathlib.Path(workdir).is_dir():
+        raise EvaluationError(f"workdir {workdir} does not exist")
+    if not path.exists():
+        raise EvaluationError(f"{workdir} is not a fundax workdir: it has no config.json")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def resolve_step(ckpts: checkpoints.Checkpoints, which: str) -> int:
+    """``best``, ``latest`` or a step number, checked against the saved steps."""
+    steps = sorted(ckpts.all_steps())
+    if not steps:
+        raise EvaluationError(f"no checkpoints in {ckpts.directory}")
+    if which == "latest":
+        return steps[-1]
+    if which == "best":
+        best = ckpts.best_step()
+        if best is None:
+            raise EvaluationError(f"no checkpoint in {ckpts.directory} has a validation loss; "
+                                  f"use --checkpoint=latest or one of {steps}")
+        return best
+    if not which.isdigit() or int(which) not in steps:
+        raise EvaluationError(f"no checkpoint {which!r} in {ckpts.directory}; it has steps {steps} "
+                              "(or use best or latest)")
+    return int(which)
+
+
+def image_ids(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> list[str]:
+    """Image ids of a split in record order, read without decoding the photographs."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    return [source[i]["image_id"].decode() for i in range(len(source))]
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, which: str,
+                  mesh: jax.sharding.Mesh) -> tuple[trainer.TrainState, int]:
+    """The train state of one saved checkpoint, laid out over ``mesh``."""
+    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
+    try:
+        step = resolve_step(ckpts, which)
+        checkpoints.check_compatible(ckpts.restore_loop(step), config.finding, config.model_name, workdir)
+        model, tx = trainer.create_model(config), trainer.make_optimizer(config)
+        state, _ = ckpts.restore(step, trainer.abstract_train_state(model, tx, config, mesh))
+    finally:
+        ckpts.close()
+    return state, step
+
+
+def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "best",
+             data_dir: str | pathlib.Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint on one split; writes the files above and returns the metrics."""
+    workdir = pathlib.Path(workdir)
+    config = load_config(workdir)
+    data_dir = data_dir or config.get("data_dir")
+    if not data_dir:
+        raise EvaluationError("the run's config names no data_dir: pass --data_dir")
+    mesh = trainer.make_mesh()
+    global_batch = batch_size or config.batch_size
+    if global_batch % mesh.size:
+        raise EvaluationError(f"batch size {global_batch} is not a multiple of the {mesh.size} devices")
+    state, step = restore_state(config, workdir, which, mesh)
+    source = pipeline.open_split(config.dataset, data_dir, split)
+    example = pipeline.FindingExample(config.finding, config.min_votes)
+    eval_step = trainer.make_eval_step(trainer.create_model(config), config, mesh)
+    outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
+        source, example, global_batch=global_batch, process_index=jax.process_index(),
+        process_count=jax.process_count()), NamedSharding(mesh, P(trainer.AXIS)))
+    ids = np.array(image_ids(config, data_dir, split))[outputs["record_index"]]
+
+    scored = outputs["weight"] > 0
+    labels = outputs["label"][scored]
+    result = {
+        "finding": config.finding, "split": split, "checkpoint_step": step,
+        "model_name": config.model_name, "guidance_weight": config.guidance_weight,
+        **metrics.evaluation_metrics(labels, outputs["probability"][scored],
+                                     outputs["air_inside"][scored], outputs["air_total"][scored]),
+        "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum()),
+        "n_excluded": int((~scored).sum()),
+    }
+    if jax.process_index() == 0:
+        write_outputs(workdir / "eval", split, result, outputs, ids)
+    return result
+
+
+def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
+                  outputs: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    air = metrics.air_per_image(outputs["air_inside"], outputs["air_total"])
+    with open(out_dir / f"{split}_examples.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "status", "label", "probability", "air"])
+        for k in range(len(ids)):
+            status = "excluded" if outputs["weight"][k] == 0 else ("positive" if outputs["label"][k] else "negative")
+            label = "" if status == "excluded" else int(outputs["label"][k])
+            writer.writerow([ids[k], status, label, f"{outputs['probability'][k]:.6f}", f"{air[k]:.6f}"])
+    np.savez_compressed(
+        out_dir / f"{split}_outputs.npz", image_id=ids, record_index=outputs["record_index"],
+        probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
+        air_inside=outputs["air_inside"], air_total=outputs["air_total"],
+        activation_map=outputs["activation_map"].astype(np.float16))
+    scored = outputs["weight"] > 0
+    if result["auroc"] is not None:
+        from sklearn.metrics import roc_curve
+
+        fpr, tpr, _ = roc_curve(outputs["label"][scored], outputs["probability"][scored])
+        point = (1 - result["specificity"], result["sensitivity"])
+        pictures.draw_roc(fpr, tpr, out_dir / f"{split}_roc.png", auroc=result["auroc"], operating_point=point,
+                          title=f"{result['finding']} ({split}, step {result['checkpoint_step']})")
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The metrics as a few readable lines."""
+    def num(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    ci = result.get("auroc_ci95")
+    lines = [
+        f"{result['finding']} on {result['split']} (checkpoint step {result['checkpoint_step']}): "
+        f"{result['n_positive']} positive, {result['n_negative']} negative, {result['n_excluded']} excluded",
+        f"AUROC {num(result['auroc'])}" + (f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""),
+        f"operating point: threshold {num(result['threshold'])}, sensitivity {num(result['sensitivity'])}, "
+        f"specificity {num(result['specificity'])}",
+        f"AIR on true positives {num(result['air_tp'])} (pooled {num(result['air_tp_pooled'])}), "
+        f"on false negatives {num(result['air_fn'])} (pooled {num(result['air_fn_pooled'])})",
+    ]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return "\n".join(lines)

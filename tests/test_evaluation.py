@@ -1,0 +1,132 @@
+"""Checkpoint evaluation, the Table 1 report, Fig. 3 panels and prediction on two tiny runs."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import fakes
+from fundax import evaluation, loop, report
+from fundax.data import preparation, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REQUIRED_KEYS = {"finding", "split", "checkpoint_step", "auroc", "auroc_ci95", "threshold", "sensitivity",
+                 "specificity", "air_tp", "air_fn", "air_tp_pooled", "air_fn_pooled", "n_positive",
+                 "n_negative", "n_excluded"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny synthetic set and two 4-step runs of macular_hole, with and without guidance."""
+    base = tmp_path_factory.mktemp("eval")
+    data_dir = base / "data"
+    config = synthetic.SyntheticConfig(num_train=40, num_test=20, height_px=64,
+                                       prevalence={"macular_hole": 0.5})
+    prepared = preparation.prepare("synthetic", data_dir, image_size_px=32, synthetic_config=config,
+                                   show_progress=False)
+    workdirs = {}
+    for name, weight in (("with", 1.0), ("without", 0.0)):
+        cfg = fakes.tiny_config(guidance_weight=weight, data_dir=str(data_dir))
+        loop.train_and_evaluate(cfg, base / name, data_dir, show_progress=False)
+        (base / name / "config.json").write_text(cfg.to_json_best_effort())
+        workdirs[name] = base / name
+    results = {name: evaluation.evaluate(w, "test", "latest") for name, w in workdirs.items()}
+    return prepared, workdirs, results
+
+
+def test_metrics_file_has_every_key_and_counts_every_example(runs):
+    prepared, workdirs, results = runs
+    stored = json.loads((workdirs["with"] / "eval" / "test_metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(stored)
+    assert stored == json.loads(json.dumps(results["with"]))
+    assert stored["checkpoint_step"] == 4 and stored["split"] == "test" and stored["finding"] == "macular_hole"
+    n_test = prepared.split_sizes["test"]
+    assert stored["n_positive"] + stored["n_negative"] + stored["n_excluded"] == n_test
+    counts = prepared.metadata["label_counts"]["test"]["macular_hole"]
+    assert (stored["n_positive"], stored["n_negative"], stored["n_excluded"]) == (
+        counts["present"], counts["absent"], counts["excluded"])
+
+
+def test_per_example_csv_and_outputs_agree(runs):
+    prepared, workdirs, _ = runs
+    eval_dir = workdirs["with"] / "eval"
+    with open(eval_dir / "test_examples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == prepared.split_sizes["test"]
+    assert len({r["image_id"] for r in rows}) == len(rows)  # every example once, none lost to batching
+    outputs = np.load(eval_dir / "test_outputs.npz")
+    np.testing.assert_array_equal(outputs["image_id"], [r["image_id"] for r in rows])
+    air = outputs["air_inside"] / outputs["air_total"]
+    np.testing.assert_allclose([float(r["air"]) for r in rows], air, atol=1e-5)
+    for r, weight, label in zip(rows, outputs["weight"], outputs["label"]):
+        assert r["status"] == ("excluded" if weight == 0 else ("positive" if label else "negative"))
+    assert outputs["activation_map"].shape[1:] == (2, 2)  # 32 px / 16
+    assert (eval_dir / "test_roc.png").exists()
+
+
+def test_checkpoint_choice_and_errors(runs, tmp_path):
+    _, workdirs, _ = runs
+    work = workdirs["with"]
+    from fundax import checkpoints
+
+    ckpts = checkpoints.Checkpoints(work, read_only=True)
+    assert evaluation.resolve_step(ckpts, "latest") == 4
+    assert evaluation.resolve_step(ckpts, "best") in (2, 4)
+    with pytest.raises(evaluation.EvaluationError, match=r"no checkpoint '999'.*steps \[2, 4\]"):
+        evaluation.resolve_step(ckpts, "999")
+    ckpts.close()
+    with pytest.raises(evaluation.EvaluationError, match="does not exist"):
+        evaluation.evaluate(tmp_path / "nothing")
+    with pytest.raises(evaluation.EvaluationError, match="not a fundax workdir"):
+        evaluation.evaluate(tmp_path)
+    (tmp_path / "config.json").write_text((work / "config.json").read_text())
+    with pytest.raises(evaluation.EvaluationError, match="no checkpoints in"):
+        evaluation.evaluate(tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_report_table_delong_and_figure3(runs, tmp_path):
+    _, workdirs, results = runs
+    loaded = [report.load_run(w, "test") for w in workdirs.values()]
+    assert [r.model for r in loaded] == ["With", "Without"]
+    rows = report.table1(loaded)
+    assert [r["finding"] for r in rows] == ["macular_hole"]
+    assert rows[0]["auroc/With"] == pytest.approx(results["with"]["auroc"])
+    markdown = report.table1_markdown(rows)
+    assert markdown.splitlines()[0] == ("| Findings | AUROC With | AUROC Without | AIR (TP) With | AIR (TP) Without "
+                                        "| AIR (FN) With | AIR (FN) Without |")
+    assert "| Macular Hole |" in markdown and "**" in markdown
+    pairs = report.delong_pairs(loaded, "test")
+    assert len(pairs) == 1 and pairs[0]["n_examples"] == results["with"]["n_positive"] + results["with"]["n_negative"]
+    assert pairs[0]["p_value"] is None or 0 <= pairs[0]["p_value"] <= 1
+    panels = report.figure3(loaded, "test", tmp_path, None, 2)
+    positives_found = results["with"]["threshold"] is not None
+    assert len(panels) <= 1 and (not panels or panels[0].exists())
+    assert positives_found or not panels
+    with pytest.raises(report.ReportError, match="no validation evaluation: run python -m fundax.evaluate"):
+        report.load_run(workdirs["with"], "validation")
+
+
+def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
+    _, workdirs, _ = runs
+    eye = synthetic.synthesize_eye(synthetic.SyntheticConfig(height_px=64), "test", 3)
+    photo = tmp_path / "eye.jpg"
+    cv2.imwrite(str(photo), eye.image[:, :, ::-1])
+    (tmp_path / "bad.png").write_text("not a photograph")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run(
+        [sys.executable, "-m", "fundax.predict", f"--workdir={workdirs['with']}", "--checkpoint=latest",
+         f"--out={tmp_path / 'out'}", str(photo), str(tmp_path / "bad.png")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]  # one photograph failed
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(str(photo)))
+    probability = float(line.split("probability ")[1].split(",")[0])
+    assert 0 < probability < 1
+    assert "bad.png: error:" in done.stderr
+    assert (tmp_path / "out" / "eye_macular_hole.png").exists()
