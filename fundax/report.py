@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
 from fundax import findings, metrics, pictures
 
@@ -210,6 +211,7 @@ flags.DEFINE_integer("num_images", 4, "Photographs in a Fig. 3 panel when --imag
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         raise app.UsageError("give one or more evaluated run directories")
+    absl_logging.set_verbosity(absl_logging.ERROR)
     out_dir = pathlib.Path(FLAGS.out)
     try:
         runs = [load_run(d, FLAGS.split) for d in argv[1:]]
