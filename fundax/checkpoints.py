@@ -6,7 +6,10 @@ with the lowest validation loss (the paper's model selection, §3.1).
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -14,17 +17,25 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 VALIDATION_METRIC = "val_loss"
+DAMAGED_DIR = "damaged_checkpoints"
+
+log = logging.getLogger("fundax")
 
 
 class CheckpointMismatchError(ValueError):
     """A workdir holding a checkpoint of another finding or model."""
 
 
+class NoIntactCheckpointError(RuntimeError):
+    """Every checkpoint of a run is damaged: refuse to start over on top of it."""
+
+
 class Checkpoints:
     """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.directory = self.workdir / "checkpoints"
         preservation = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             # reverse=True sorts descending, so the last n kept are the lowest losses.
@@ -36,7 +47,9 @@ class Checkpoints:
             # best_fn makes Orbax write the metrics to disk, so the best survives a restart.
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=preservation, best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",
-                create=not read_only, read_only=read_only),
+                create=not read_only, read_only=read_only,
+                # A save cut short (a killed process) leaves a temporary folder; drop it on start.
+                cleanup_tmp_directories=not read_only),
             item_names=("state", "data_iter", "loop"),
         )
 
@@ -76,6 +89,52 @@ class Checkpoints:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["loop"]
+
+    def restore_latest_intact(
+        self, abstract_state: Any, data_iter: grain.DatasetIterator | None = None,
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[Any, dict[str, Any], int] | None:
+        """The newest checkpoint that restores whole: state, loop state and step.
+
+        A damaged newer one (files missing or truncated) is reported and moved to
+        ``WORKDIR/damaged_checkpoints``, so the resumed run can save that step again.
+        None when there are no checkpoints; :class:`NoIntactCheckpointError` when
+        there are some but none restores — the run is never silently restarted.
+        ``check`` sees each loop state before its arrays are read, and may refuse
+        the run (another finding, say) by raising.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        damaged = []
+        for step in steps:
+            try:
+                loop = self.restore_loop(step)
+            except Exception as e:  # noqa: BLE001 — a damaged checkpoint fails in many ways
+                damaged.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                continue
+            if check is not None:
+                check(loop)
+            try:
+                state, loop = self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001
+                damaged.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                continue
+            for bad, why in damaged:
+                target = self.workdir / DAMAGED_DIR / str(bad)
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(bad)), str(target))
+                log.warning("checkpoint %d is damaged (%s); moved it to %s and resumed from step %d",
+                            bad, why, target, step)
+            if damaged:
+                self.manager.reload()
+            return state, loop, step
+        if damaged:
+            details = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise NoIntactCheckpointError(
+                f"no intact checkpoint in {self.directory} ({details}); refusing to start over on top of "
+                "this run: repair or move the checkpoints, or use another --workdir")
+        return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -9,33 +9,35 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import signal
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, trainer
+from fundax import checkpoints, reliability, trainer
 from fundax.data import pipeline
 
 log = logging.getLogger("fundax")
 
-TRAIN_METRICS = ("loss", "bce", "guidance", "grad_norm")
+TRAIN_METRICS = ("loss", "bce", "guidance", "grad_norm", "nonfinite")
+NO_STEP = 2**31 - 1
 
 
 class MetricWriter:
     """``metrics.jsonl`` and TensorBoard event files in the workdir (process 0 only)."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int | None):
+    def __init__(self, workdir: pathlib.Path, resume_step: int):
         self.enabled = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
         if not self.enabled:
             return
-        if resume_step is not None:
-            truncate_metrics(self.path, resume_step)
+        truncate_metrics(self.path, resume_step)
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
@@ -58,12 +60,23 @@ class MetricWriter:
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-    """Drop entries written after ``last_step``: a resumed run writes them again."""
+    """Keep the entries up to ``last_step``: a resumed run writes the later ones again.
+
+    A line cut short by a killed process is dropped with them.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["step"] <= last_step:
+            kept.append(line + "\n")
+    partial = path.with_suffix(".jsonl.tmp")
+    partial.write_text("".join(kept), encoding="utf-8")
+    partial.replace(path)
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -96,13 +109,26 @@ def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        data_dir: str | pathlib.Path, show_progress: bool = True) -> dict[str, Any]:
-    """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint."""
+    """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint.
+
+    Raises :class:`reliability.Preempted` after saving when a stop signal arrives,
+    :class:`reliability.NonFiniteError` on a NaN/Inf step (unless skipped), and
+    :class:`reliability.WorkdirError` when the workdir is busy or unwritable.
+    """
     workdir = pathlib.Path(workdir)
     mesh = trainer.make_mesh()
     check_config(config, mesh.size)
+    if jax.process_index() == 0:
+        with reliability.WorkdirLock(workdir), reliability.StopSignals() as signals:
+            return _train(config, workdir, data_dir, mesh, signals, show_progress)
+    with reliability.StopSignals() as signals:
+        return _train(config, workdir, data_dir, mesh, signals, show_progress)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: str | pathlib.Path,
+           mesh: jax.sharding.Mesh, signals: reliability.StopSignals, show_progress: bool) -> dict[str, Any]:
     model = trainer.create_model(config)
     tx = trainer.make_optimizer(config)
-
     train_source = pipeline.open_split(config.dataset, data_dir, "train")
     val_source = pipeline.open_split(config.dataset, data_dir, "validation")
     size = prepared_image_size(config.dataset, data_dir)
@@ -116,27 +142,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         process_count=processes, threads=config.loader_threads, prefetch_batches=config.prefetch_batches))
 
     ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep)
-    latest = ckpts.latest_step()
-    if latest is not None:
-        checkpoints.check_compatible(ckpts.restore_loop(latest), config.finding, config.model_name, workdir)
-        state, loop_json = ckpts.restore(latest, trainer.abstract_train_state(model, tx, config, mesh), data_iter)
+    restored = ckpts.restore_latest_intact(
+        trainer.abstract_train_state(model, tx, config, mesh), data_iter,
+        check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model_name, workdir))
+    if restored is not None:
+        state, loop_json, resumed_at = restored
         loop = trainer.LoopState.from_json(loop_json)
         sums = {k: np.float32(v) for k, v in loop_json.get("train_sums", {}).items()}
-        log.info("resuming %s from step %d (%s)", workdir, latest, ckpts.directory)
+        log.info("resuming %s from step %d (%s)", workdir, resumed_at, ckpts.directory)
     else:
-        workdir.mkdir(parents=True, exist_ok=True)
+        resumed_at = 0
         state = trainer.create_train_state(model, tx, config, mesh)
         loop = trainer.LoopState(config.finding, config.model_name, float(config.learning_rate))
         sums = {}
     if process == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-    writer = MetricWriter(workdir, latest)
+    writer = MetricWriter(workdir, resumed_at)
     train_step = trainer.make_train_step(model, tx, config, mesh)
     eval_step = trainer.make_eval_step(model, config, mesh)
     batch_sharding = NamedSharding(mesh, P(trainer.AXIS))
     step = int(state.step)
     validation: dict[str, float] = {}
+    first_nonfinite = NO_STEP
+
+    def check_finite() -> None:
+        """Stop on a non-finite step before anything is logged or saved after it."""
+        bad = int(first_nonfinite)
+        if bad != NO_STEP and not config.skip_nonfinite_steps:
+            raise reliability.NonFiniteError(
+                f"non-finite loss or gradients at step {bad}; training stopped. The last good checkpoint "
+                f"is step {ckpts.latest_step()} in {ckpts.directory}; set --config.skip_nonfinite_steps=True "
+                "to skip such steps instead")
+
+    def save(metrics: dict[str, float] | None = None) -> None:
+        check_finite()
+        try:
+            ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=metrics)
+        except OSError as e:
+            raise reliability.CheckpointWriteError(
+                f"writing the checkpoint of step {step} failed ({e}); the last good checkpoint, step "
+                f"{_last_complete_step(ckpts)}, is kept in {ckpts.directory}") from e
 
     from tqdm import tqdm
 
@@ -151,10 +197,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             for name in TRAIN_METRICS:
                 sums[name] = sums.get(name, 0) + metrics[name]
             sums["count"] = sums.get("count", 0) + 1
+            first_nonfinite = jnp.minimum(first_nonfinite, jnp.where(metrics["nonfinite"] > 0, step, NO_STEP))
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                check_finite()
                 count = int(sums.pop("count"))
-                means = {k: float(np.asarray(v)) / count for k, v in sums.items()}
+                means = {k: float(np.asarray(v)) / count for k, v in sums.items() if k != "nonfinite"}
                 means["learning_rate"] = loop.learning_rate
+                skipped = int(np.asarray(sums["nonfinite"]))
+                if skipped:
+                    means["skipped_steps"] = skipped
+                    log.warning("skipped %d step(s) with a non-finite loss or gradients, the first at step %d",
+                                skipped, int(first_nonfinite))
+                    first_nonfinite = NO_STEP
                 writer.write(step, "train", means)
                 sums = {}
                 now = time.perf_counter()
@@ -163,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{images_per_s:.1f}")
                 tick, tick_step = now, step
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                check_finite()
                 outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
                     val_source, example, global_batch=config.batch_size, process_index=process,
                     process_count=processes), batch_sharding)
@@ -174,15 +229,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     log.info("step %d: validation loss stagnates, learning rate %.3g -> %.3g",
                              step, before, loop.learning_rate)
                 writer.write(step, "validation", {**validation, "learning_rate": loop.learning_rate})
-                ckpts.save(step, state, _loop_json(loop, config, sums), data_iter,
-                           metrics={checkpoints.VALIDATION_METRIC: validation["val_loss"]})
+                save({checkpoints.VALIDATION_METRIC: validation["val_loss"]})
                 bar.write(_validation_line(step, validation))
+            elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+                save()
             bar.update(1)
-    except KeyboardInterrupt:
-        if step > int(ckpts.latest_step() or 0):
-            ckpts.save(step, state, _loop_json(loop, config, sums), data_iter)
-            log.warning("interrupted: saved a checkpoint at step %d in %s", step, ckpts.directory)
-        raise
+            signum = signals.should_stop(step)
+            if signum is not None:
+                if ckpts.latest_step() != step:
+                    save()
+                ckpts.close()
+                log.warning("stopped by %s at step %d: checkpoint saved in %s; run the same command to resume",
+                            signal.Signals(signum).name, step, ckpts.directory)
+                raise reliability.Preempted(signum, step)
+        check_finite()
     finally:
         bar.close()
         ckpts.close()
@@ -194,6 +254,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
             "metrics": str(workdir / "metrics.jsonl"), "tensorboard": str(workdir / "tensorboard"),
             **validation}
+
+
+def _last_complete_step(ckpts: checkpoints.Checkpoints) -> int | None:
+    """The newest step whose folder was finalised on disk (Orbax renames it last)."""
+    steps = [int(p.name) for p in ckpts.directory.iterdir() if p.name.isdigit()] if ckpts.directory.exists() else []
+    return max(steps, default=None)
 
 
 def _loop_json(loop: trainer.LoopState, config: ml_collections.ConfigDict, sums: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from fundax import findings
+from fundax import checkpoints, findings, reliability
 from fundax.configs import DEFAULT_CONFIG_FILE
 
 FLAGS = flags.FLAGS
@@ -41,20 +41,30 @@ log = logging.getLogger("fundax")
 
 
 def prepare_embedded(config, data_dir: str) -> None:
-    """The synthetic set is fundax's embedded default: prepare it once, and say so."""
+    """The synthetic set is fundax's embedded default: prepare it once, and say so.
+
+    A set already prepared in ``data_dir`` is used when it agrees with the config's
+    ``image_size`` and ``synthetic.*`` keys; the generator's other settings are its own.
+    """
     from fundax.data import preparation as prepare
     from fundax.data import synthetic
 
+    if jax.process_index() != 0:
+        return
     s = config.synthetic
-    synthetic_config = synthetic.SyntheticConfig(
-        num_train=s.num_train, num_test=s.num_test, seed=s.seed,
-        shortcut_finding=s.shortcut_finding or None, shortcut_strength=s.shortcut_strength)
-    if jax.process_index() == 0:
-        result = prepare.prepare("synthetic", data_dir, image_size_px=config.image_size,
-                                 synthetic_config=synthetic_config)
-        if not result.reused:
-            print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
-                  f"{config.image_size} px) into {result.dataset_dir}", flush=True)
+    wanted = {"num_train": s.num_train, "num_test": s.num_test, "seed": s.seed,
+              "shortcut_finding": s.shortcut_finding or None, "shortcut_strength": s.shortcut_strength}
+    existing = prepare.load_metadata(prepare.dataset_dir(data_dir, "synthetic")).get("prepare")
+    if existing is not None:
+        have = {k: existing["synthetic"].get(k) for k in wanted} | {"image_size": existing["image_size_px"]}
+        if have != wanted | {"image_size": config.image_size}:
+            raise ValueError(f"the synthetic set in {data_dir} was prepared with {have}, but the config asks for "
+                             f"{wanted | {'image_size': config.image_size}}: use another --data_dir")
+        return
+    result = prepare.prepare("synthetic", data_dir, image_size_px=config.image_size,
+                             synthetic_config=synthetic.SyntheticConfig(**wanted))
+    print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
+          f"{config.image_size} px) into {result.dataset_dir}", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -80,11 +90,14 @@ def main(argv: list[str]) -> int:
         if config.dataset == "fundus_findings/synthetic":
             prepare_embedded(config, FLAGS.data_dir)
         result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir)
+    except reliability.Preempted as e:
+        print(f"{e}; the checkpoint is saved: run the same command again to resume", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
-              f"{FLAGS.workdir}/checkpoints", file=sys.stderr)
+        print(f"\ninterrupted before training started; nothing was saved in {FLAGS.workdir}", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, reliability.WorkdirError, reliability.NonFiniteError,
+            reliability.CheckpointWriteError, checkpoints.NoIntactCheckpointError) as e:
         if os.environ.get("FUNDAX_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)

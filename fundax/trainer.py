@@ -178,14 +178,18 @@ def make_train_step(model: guided_cnn.GuidedCNN, tx: optax.GradientTransformatio
         # into a psum, so these gradients are already summed over the devices.
         grads, (parts, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1, params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats, opt_state=opt_state)
+        updated = state.replace(params=optax.apply_updates(state.params, updates),
+                                batch_stats=batch_stats, opt_state=opt_state)
         names = {"loss": "total", "bce": "classification", "guidance": "guidance"}
         metrics = {name: jax.lax.psum(parts[part] * share, AXIS) for name, part in names.items()}
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["weight"] = total_weight
-        return new_state, metrics
+        # A non-finite step never reaches the parameters: the state stays as it was and
+        # the loop decides (stop, or count and go on) without a host sync every step.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        return new_state.replace(step=state.step + 1), metrics
 
     step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
     return jax.jit(step, donate_argnums=(0,))

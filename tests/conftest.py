@@ -4,3 +4,18 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TFDS_DISABLE_PROGRESS_BAR", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic fundus_findings set at 32 px, prepared once for the session."""
+    from fundax.data import preparation, synthetic
+
+    data_dir = tmp_path_factory.mktemp("tiny_data")
+    config = synthetic.SyntheticConfig(num_train=40, num_test=20, height_px=64, prevalence={"macular_hole": 0.5})
+    prepared = preparation.prepare("synthetic", data_dir, image_size_px=32, synthetic_config=config,
+                                   show_progress=False)
+    return prepared, data_dir

@@ -13,7 +13,7 @@ import pytest
 
 import fakes
 from fundax import evaluation, loop, report
-from fundax.data import preparation, synthetic
+from fundax.data import synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"finding", "split", "checkpoint_step", "auroc", "auroc_ci95", "threshold", "sensitivity",
@@ -22,14 +22,10 @@ REQUIRED_KEYS = {"finding", "split", "checkpoint_step", "auroc", "auroc_ci95", "
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny synthetic set and two 4-step runs of macular_hole, with and without guidance."""
+def runs(tmp_path_factory, tiny_dataset):
+    """Two 4-step runs of macular_hole on the tiny synthetic set, with and without guidance."""
+    prepared, data_dir = tiny_dataset
     base = tmp_path_factory.mktemp("eval")
-    data_dir = base / "data"
-    config = synthetic.SyntheticConfig(num_train=40, num_test=20, height_px=64,
-                                       prevalence={"macular_hole": 0.5})
-    prepared = preparation.prepare("synthetic", data_dir, image_size_px=32, synthetic_config=config,
-                                   show_progress=False)
     workdirs = {}
     for name, weight in (("with", 1.0), ("without", 0.0)):
         cfg = fakes.tiny_config(guidance_weight=weight, data_dir=str(data_dir))

@@ -62,5 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.log_every_steps = 50
     config.checkpoints_to_keep = 3  # latest; the best by validation loss is kept besides
+    config.checkpoint_every_steps = 0  # 0: at every evaluation; a stop signal always saves
+    config.skip_nonfinite_steps = False  # True: skip (count, log) NaN/Inf steps instead of stopping
     config.seed = 0
     return config

@@ -28,8 +28,9 @@ class PrepareResult:
         return self.dataset_dir / fundus_findings.REJECTS_FILE
 
 
-def _dataset_dir(data_dir: pathlib.Path, config_name: str) -> pathlib.Path:
-    return data_dir / DATASET / config_name / str(fundus_findings.FundusFindings.VERSION)
+def dataset_dir(data_dir: str | pathlib.Path, config_name: str) -> pathlib.Path:
+    """Where TFDS keeps one prepared config."""
+    return pathlib.Path(data_dir) / DATASET / config_name / str(fundus_findings.FundusFindings.VERSION)
 
 
 def _remove_incomplete(data_dir: pathlib.Path, config_name: str) -> None:
@@ -71,21 +72,21 @@ def prepare(
         image_size_px=image_size_px, image_format=image_format,
         synthetic_config=synthetic_config or synthetic.SyntheticConfig(), strict=strict, workers=workers,
         max_pixels=max_pixels)
-    dataset_dir = _dataset_dir(data_dir, source)
-    if (dataset_dir / "dataset_info.json").exists():
-        existing = load_metadata(dataset_dir)
+    target = dataset_dir(data_dir, source)
+    if (target / "dataset_info.json").exists():
+        existing = load_metadata(target)
         if not overwrite:
             if existing.get("prepare") != options.params(source):
                 raise ValueError(
-                    f"{dataset_dir} was prepared with {json.dumps(existing.get('prepare'))}, not "
+                    f"{target} was prepared with {json.dumps(existing.get('prepare'))}, not "
                     f"{json.dumps(options.params(source))}: use another --data_dir or --overwrite")
             if source == "manual" and existing.get("source_dir") != str(pathlib.Path(manual_dir)):
                 raise ValueError(
-                    f"{dataset_dir} was prepared from {existing.get('source_dir')}, not {manual_dir}: "
+                    f"{target} was prepared from {existing.get('source_dir')}, not {manual_dir}: "
                     "use another --data_dir or --overwrite")
             builder = tfds.builder(f"{DATASET}/{source}", data_dir=data_dir)
-            return PrepareResult(dataset_dir, existing, _split_sizes(builder), reused=True)
-        shutil.rmtree(dataset_dir)
+            return PrepareResult(target, existing, _split_sizes(builder), reused=True)
+        shutil.rmtree(target)
     _remove_incomplete(data_dir, source)
 
     tfds.disable_progress_bar()
@@ -105,7 +106,7 @@ def prepare(
     finally:
         synthesis.close()
         bar.close()
-    return PrepareResult(dataset_dir, load_metadata(dataset_dir), _split_sizes(builder), reused=False)
+    return PrepareResult(target, load_metadata(target), _split_sizes(builder), reused=False)
 
 
 def load_metadata(dataset_dir: pathlib.Path) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def summary(result: PrepareResult) -> str:
     """Counts of lines and labels, as a plain-text table."""
     meta = result.metadata
     lines = [
-        f"{'reused' if result.reused else 'prepared'} {result.dataset_dir}",
+        f"{'reused' if result.reused else 'prepared'} {result.target}",
         f"lines read {meta['num_read']}, accepted {meta['num_accepted']}, rejected {meta['num_rejected']}"
         + (f" (reasons in {result.rejects_path})" if meta["num_rejected"] else ""),
         "split       " + " ".join(f"{n:>10}" for n in ("examples",))

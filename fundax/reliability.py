@@ -1,0 +1,121 @@
+"""What keeps a long run safe: one training per workdir, graceful stops, non-finite steps.
+
+* :class:`WorkdirLock` — an exclusive ``flock`` on ``WORKDIR/.fundax.lock`` for the
+  run's lifetime; the kernel drops it when the process dies, however it dies.
+* :class:`StopSignals` — SIGTERM (what Cloud TPU and most schedulers send before
+  preemption) or SIGINT asks the loop to finish its step, save and exit with
+  status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal
+  acts at once. With several processes, they stop together at the step JAX's
+  preemption sync point names.
+* :class:`NonFiniteError` — a NaN or Inf in the loss or gradients.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import os
+import pathlib
+import signal
+import socket
+from types import FrameType
+
+import jax
+from jax.experimental import multihost_utils
+
+LOCK_FILE = ".fundax.lock"
+
+
+class WorkdirError(RuntimeError):
+    """A workdir that cannot be used: unwritable, or held by another training."""
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient while ``skip_nonfinite_steps`` is off."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, say); the last good one is kept."""
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after saving; ``exit_status`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class WorkdirLock:
+    """Exclusive use of a workdir by one training (process 0 of a run takes it)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = pathlib.Path(workdir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> WorkdirLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkdirError(f"cannot write to workdir {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(f"{self.path.parent} is in use by another training ({holder}); "
+                                   "wait for it to finish or use another --workdir") from None
+            raise
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request the loop honours between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        # A second signal of the same kind is not polite any more: act at once.
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def should_stop(self, step: int) -> int | None:
+        """The signal to stop on at this step, agreed by all processes; None to go on."""
+        if jax.process_count() == 1:
+            return self.received
+        # JAX's coordination service catches SIGTERM on every host and names one step
+        # at which all of them reach the sync point, so all save the same step.
+        if multihost_utils.reached_preemption_sync_point(step):
+            return signal.SIGTERM
+        return None
