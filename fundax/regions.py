@@ -61,27 +61,29 @@ class RegionError(ValueError):
 
 
 def _region_ids(xp: Any, x: Any, y: Any, disc_xy: Any, fovea_xy: Any) -> Any:
-    """Region id of each point (x, y): the one implementation behind numpy and jax."""
+    """Region id of each point (x, y): the one implementation behind numpy and jax.
+
+    Everything is measured in units of D (hypot neither overflows nor underflows),
+    so the partition is the same for a disc-fovea distance of 1e-300 or 1e300.
+    """
     odx, ody = disc_xy[..., 0], disc_xy[..., 1]
     dx, dy = fovea_xy[..., 0] - odx, fovea_xy[..., 1] - ody
-    dist = xp.sqrt(dx * dx + dy * dy)
+    dist = xp.hypot(dx, dy)
     ux, uy = dx / dist, dy / dist
     # The normal of u that points up (n_y < 0); for a vertical L, the one with n_x < 0.
-    flip = (ux < 0) | ((ux == 0) & (uy < 0))
+    flip = (ux < 0) | ((ux == 0) & (uy > 0))
     nx = xp.where(flip, -uy, uy)
     ny = xp.where(flip, ux, -ux)
-    px, py = x - odx, y - ody
+    px, py = (x - odx) / dist, (y - ody) / dist
     t = px * ux + py * uy
     s = px * nx + py * ny
-    r_d = DISC_RADIUS * dist
-    r_f = FOVEA_RADIUS * dist
-    t_c = (dist * dist + r_d * r_d - r_f * r_f) / (2.0 * dist)
-    in_disc = t * t + s * s < r_d * r_d
-    in_fovea = (t - dist) ** 2 + s * s < r_f * r_f
+    t_c = (1.0 + DISC_RADIUS**2 - FOVEA_RADIUS**2) / 2.0
+    in_disc = t * t + s * s < DISC_RADIUS**2
+    in_fovea = (t - 1.0) ** 2 + s * s < FOVEA_RADIUS**2
     superior = s >= 0
     ids = xp.where(superior, 6, 7)
     ids = xp.where(t >= 0, xp.where(superior, 4, 5), ids)
-    ids = xp.where((t > dist) & (xp.abs(s) < r_f), 3, ids)
+    ids = xp.where((t > 1.0) & (xp.abs(s) < FOVEA_RADIUS), 3, ids)
     ids = xp.where(in_fovea & (t >= t_c), 0, ids)
     ids = xp.where(in_disc & (t < t_c), xp.where(superior, 1, 2), ids)
     return ids.astype(xp.int32)
@@ -103,13 +105,17 @@ def _check_pair(disc_xy: Any, fovea_xy: Any) -> tuple[np.ndarray, np.ndarray]:
         raise RegionError(f"disc {disc_xy!r} and fovea {fovea_xy!r} must be finite")
     if np.hypot(*(fovea - disc)) == 0:
         raise RegionError(f"disc and fovea coincide at {tuple(disc)}: the regions are undefined")
+    if not np.all(np.isfinite(fovea - disc)):
+        raise RegionError(f"disc {disc_xy!r} and fovea {fovea_xy!r} are too far apart to measure")
     return disc, fovea
 
 
 def region_ids(x: Any, y: Any, disc_xy: Sequence[float], fovea_xy: Sequence[float]) -> np.ndarray:
     """Region id (int32) of each point (x, y), in the frame of ``disc_xy`` and ``fovea_xy``."""
     disc, fovea = _check_pair(disc_xy, fovea_xy)
-    return _region_ids(np, np.asarray(x, np.float64), np.asarray(y, np.float64), disc, fovea)
+    # Points far outside the photograph may overflow to inf: they still get an id.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _region_ids(np, np.asarray(x, np.float64), np.asarray(y, np.float64), disc, fovea)
 
 
 def region_map(

@@ -17,7 +17,7 @@ import posixpath
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -186,6 +186,10 @@ def _point(value):
 
 def _file_ok(file) -> bool:
     if not isinstance(file, str) or not file or "\x00" in file or file.startswith("/"):
+        return False
+    try:
+        file.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate names no file: rejected
         return False
     parts = []
     for part in file.split("/"):
@@ -366,6 +370,7 @@ def test_mutated_example_line_is_accepted_exactly_when_valid_and_round_trips(obj
 
 @settings(max_examples=60, **FAST)
 @given(objs=st.lists(mutated_objects(), min_size=1, max_size=4), ensure_ascii=st.booleans())
+@example(objs=[{**EXAMPLE, "file": "images/\ud800.png"}], ensure_ascii=True)
 def test_file_of_mutated_lines_agrees_with_parse_line(tmp_path_factory, objs, ensure_ascii):
     texts = [dumps(obj, ensure_ascii) for obj in objs]
     result = write_lines(tmp_path_factory, [encode(t) for t in texts])
@@ -472,8 +477,9 @@ def test_file_with_a_lone_surrogate_is_one_line_read_not_a_crash(tmp_path, file)
     path = tmp_path / "annotations.jsonl"
     path.write_text(text + "\n")
     result = annotations.read_annotations(path)
-    assert result.num_read == 1
-    assert [r.line_number for r in result.records + result.rejections] == [1]
+    assert result.num_read == 1 and not result.records
+    assert [r.line_number for r in result.rejections] == [1]
+    assert "not valid unicode (a lone surrogate)" in result.rejections[0].reason
 
 
 VOTE_DTYPES = st.sampled_from([np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
@@ -561,6 +567,8 @@ def reference(x, y, disc, fovea):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_region_ids_of_arbitrary_floats_is_an_id_or_region_error(x, y, disc, fovea):
     degenerate = not all(math.isfinite(v) for v in disc + fovea) or disc == fovea
+    # A finite pair whose difference overflows (over ~1.8e308 apart) cannot be measured either.
+    degenerate = degenerate or not all(math.isfinite(f - d) for f, d in zip(fovea, disc))
     try:
         ids = regions_lib.region_ids(x, y, disc, fovea)
     except RegionError:
@@ -629,7 +637,7 @@ def test_spec_example_at_any_scale_is_right_or_refused(k):
     [
         ((0.0, 0.0), (0.0, 10.0), (-5.0, -1.0), 6),  # L points down, n = (-1, 0): the point is superior
         ((0.0, 0.0), (0.0, 10.0), (-1.0, 0.5), 1),  # ... and in the disc circle
-        ((0.0, 10.0), (0.0, 0.0), (1.0, 11.0), 7),  # L points up, n = (-1, 0): the point is inferior
+        ((0.0, 10.0), (0.0, 0.0), (1.0, 16.0), 7),  # L points up, n = (-1, 0): the point is inferior
         ((0.0, 10.0), (0.0, 0.0), (1.0, 9.5), 2),  # ... and in the disc circle
     ],
 )
@@ -652,6 +660,7 @@ def geometries(draw, low=0.0, high=4096.0, min_d=1.0):
 
 @settings(max_examples=200, **FAST)
 @given(geometry=geometries())
+@example(geometry=((0.0, 0.0), (0.0, 10.0), np.full(32, -5.0), np.full(32, -1.0)))  # a vertical L
 def test_region_ids_match_regions_md_away_from_boundaries(geometry):
     disc, fovea, x, y = geometry
     expected, margin = reference(x, y, disc, fovea)
@@ -691,7 +700,8 @@ def test_similarity_transform_of_everything_leaves_ids_unchanged(geometry, scale
 @given(geometry=geometries(), width=st.floats(0, 8192))
 def test_horizontal_mirror_maps_a_right_eye_to_the_left_eye(geometry, width):
     disc, fovea, x, y = geometry
-    assume(disc[0] != fovea[0])  # a vertical L: n_y = 0 and the tie-break (n_x < 0) ignores the mirror
+    # A vertical L (also one whose u_x underflows to 0): n_y = 0 and the tie-break (n_x < 0) ignores the mirror.
+    assume((fovea[0] - disc[0]) / math.hypot(fovea[0] - disc[0], fovea[1] - disc[1]) != 0)
     right = regions_lib.region_ids(x, y, disc, fovea)
     # x -> -x is exact: the ids must match everywhere, boundaries included.
     exact = regions_lib.region_ids(-x, y, (-disc[0], disc[1]), (-fovea[0], fovea[1]))
@@ -769,6 +779,9 @@ def test_jax_twin_agrees_with_numpy_away_from_boundaries(geometry):
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
     disc32, fovea32 = np.float32(disc), np.float32(fovea)
     assume(not np.array_equal(disc32, fovea32))
+    # XLA flushes float32 subnormals to zero: an L within ~1e-38 of vertical is vertical there.
+    dx, dy = float(fovea32[0] - disc32[0]), float(fovea32[1] - disc32[1])
+    assume(dx == 0 or abs(dx) / math.hypot(dx, dy) > 1e-30)
     expected = regions_lib.region_ids(x32, y32, disc32, fovea32)
     _, margin = reference(x32, y32, tuple(map(float, disc32)), tuple(map(float, fovea32)))
     got = np.asarray(jitted_region_ids()(x32, y32, disc32, fovea32))

@@ -198,6 +198,10 @@ def _check_file(file: str) -> None:
     """The checks of ``file`` that need no file system: relative, not leaving, an image extension."""
     if "\x00" in file:
         raise AnnotationError(f"'file' holds a NUL character: {file!r}")
+    try:
+        file.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escaped in the JSON names no file on any disk
+        raise AnnotationError(f"'file' {file!r} is not valid unicode (a lone surrogate)") from None
     if posixpath.isabs(file) or os.path.isabs(file):
         raise AnnotationError(f"'file' must be relative to the manual directory, got absolute {file!r}")
     normal = posixpath.normpath(file)
@@ -219,6 +223,8 @@ def parse_line(text: str, line_number: int = 1) -> Record:
         raise
     except ValueError as e:  # e.g. an integer with more digits than Python parses
         raise AnnotationError(f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise AnnotationError("not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise AnnotationError(f"not a JSON object: got {_type_name(obj)}")
     missing = [key for key in REQUIRED_KEYS if key not in obj]

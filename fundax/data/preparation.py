@@ -122,7 +122,7 @@ def summary(result: PrepareResult) -> str:
     """Counts of lines and labels, as a plain-text table."""
     meta = result.metadata
     lines = [
-        f"{'reused' if result.reused else 'prepared'} {result.target}",
+        f"{'reused' if result.reused else 'prepared'} {result.dataset_dir}",
         f"lines read {meta['num_read']}, accepted {meta['num_accepted']}, rejected {meta['num_rejected']}"
         + (f" (reasons in {result.rejects_path})" if meta["num_rejected"] else ""),
         "split       " + " ".join(f"{n:>10}" for n in ("examples",))
