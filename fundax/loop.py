@@ -252,7 +252,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                  step, config.early_stopping_patience)
     return {"step": step, "best_step": loop.best_step, "best_val_loss": loop.best_val_loss,
             "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
-            "metrics": str(workdir / "metrics.jsonl"), "tensorboard": str(workdir / "tensorboard"),
+            "metrics": str(workdir.absolute() / "metrics.jsonl"),
+            "tensorboard": str(workdir.absolute() / "tensorboard"),
             **validation}
 
 
