@@ -12,8 +12,11 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
+
+from fundax import parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -32,6 +35,7 @@ def main(argv: list[str]) -> int:
     from fundax import evaluation
 
     try:
+        parallel.initialize_from_flags()
         result = evaluation.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.data_dir,
                                      FLAGS.batch_size)
     except (ValueError, OSError) as e:
@@ -39,6 +43,8 @@ def main(argv: list[str]) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if jax.process_index() != 0:
+        return 0
     print(evaluation.summary(result))
     print(f"wrote {os.path.join(FLAGS.workdir, 'eval', FLAGS.split + '_metrics.json')} and the examples, "
           "outputs and ROC curve beside it")

@@ -189,11 +189,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     bar = tqdm(total=config.num_train_steps, initial=step, unit="step", mininterval=2.0,
                disable=not show_progress or process != 0)
     tick, tick_step = time.perf_counter(), step
+    started, first_step = tick, step + 1
     try:
         while step < config.num_train_steps and not loop.stopped_early:
             batch = pipeline.to_global(next(data_iter), batch_sharding)
             state, metrics = train_step(state, batch)
             step += 1
+            if step == first_step:
+                jax.block_until_ready(metrics)
+                log.info("first step done %.1f s after the loop started (compiling included)",
+                         time.perf_counter() - started)
             for name in TRAIN_METRICS:
                 sums[name] = sums.get(name, 0) + metrics[name]
             sums["count"] = sums.get("count", 0) + 1

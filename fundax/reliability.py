@@ -103,6 +103,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for signum in self.SIGNALS:
+            if signum == signal.SIGTERM and jax.process_count() > 1:
+                continue  # JAX's preemption notifier owns SIGTERM and tells every process
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -18,9 +18,10 @@ import sys
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from fundax import checkpoints, findings, reliability
+from fundax import checkpoints, findings, parallel, reliability
 from fundax.configs import DEFAULT_CONFIG_FILE
 
 FLAGS = flags.FLAGS
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> int:
 
     config = FLAGS.config
     try:
+        parallel.initialize_from_flags()
         findings.get_finding(FLAGS.finding)
         config.finding = FLAGS.finding
         if FLAGS.dataset:
@@ -89,6 +91,11 @@ def main(argv: list[str]) -> int:
             log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
         if config.dataset == "fundus_findings/synthetic":
             prepare_embedded(config, FLAGS.data_dir)
+            if jax.process_count() > 1:  # the others wait until process 0 has prepared it
+                multihost_utils.sync_global_devices("fundax: synthetic set prepared")
+        if config.compilation_cache_dir != "off":
+            parallel.enable_compilation_cache(
+                config.compilation_cache_dir or os.path.join(os.path.abspath(FLAGS.workdir), "jax_cache"))
         result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir)
     except reliability.Preempted as e:
         print(f"{e}; the checkpoint is saved: run the same command again to resume", file=sys.stderr)

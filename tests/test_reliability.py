@@ -25,13 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli_args(workdir, data_dir, steps, **overrides):
-    config = {"image_size": 32, "batch_size": 8, "eval_every_steps": 4, "log_every_steps": 1,
-              "checkpoint_every_steps": 2, "model.stem_width": 4, "model.units_per_stage": "(1,1,1)",
-              "model.aspp_width": 4, "loader_threads": 2, "num_train_steps": steps,
-              "synthetic.num_train": 40, "synthetic.num_test": 20, **overrides}
-    return [sys.executable, "-m", "fundax.train", "--finding=macular_hole", f"--workdir={workdir}",
-            f"--data_dir={data_dir}", "--dataset=fundus_findings/synthetic",
-            "--config=experiments/configs/cpu_demo.py", *(f"--config.{k}={v}" for k, v in config.items())]
+    return fakes.train_command(workdir, data_dir, steps, **overrides)
 
 
 def _env():

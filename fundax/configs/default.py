@@ -65,4 +65,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # 0: at every evaluation; a stop signal always saves
     config.skip_nonfinite_steps = False  # True: skip (count, log) NaN/Inf steps instead of stopping
     config.seed = 0
+    # Compiled steps kept on disk so a restart skips compiling: "" = WORKDIR/jax_cache, "off" = none.
+    config.compilation_cache_dir = ""
     return config

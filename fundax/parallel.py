@@ -1,0 +1,58 @@
+"""Several processes, one run: JAX's own distributed runtime, started before anything else.
+
+On Cloud TPU pod slices and under SLURM every process runs the same command and
+``jax.distributed.initialize()`` finds the others by itself; elsewhere the
+coordinator, the number of processes and each one's id are given explicitly.
+A single process needs none of this. The mesh (``trainer.make_mesh``) then spans
+every device of every process, each process reads only its slice of each global
+batch, process 0 alone writes logs and pictures, and Orbax saves collectively.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import flags
+
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, to run several processes outside Cloud TPU and SLURM.")
+flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's id, 0 to num_processes-1.")
+
+
+def in_cluster() -> bool:
+    """Whether JAX can find the other processes by itself (a multi-host TPU slice, SLURM)."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1")) or 1)
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return slurm_tasks > 1 or "," in tpu_hosts or os.environ.get("FUNDAX_DISTRIBUTED") == "1"
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join the run's other processes, if there are any. Call before touching a device."""
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process_id {process_id} must lie in [0, {num_processes})")
+    elif not in_cluster():
+        return
+    # CPU processes exchange collectives over gloo; accelerators ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def initialize_from_flags() -> None:
+    f = flags.FLAGS
+    initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Keep compiled steps on disk, so a restarted run skips recompiling them."""
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache every step, however quick it compiled: the train step is the one that matters.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
