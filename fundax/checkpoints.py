@@ -30,6 +30,10 @@ class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint of a run is damaged: refuse to start over on top of it."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, say); the last good one is kept."""
+
+
 class Checkpoints:
     """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
 
@@ -42,6 +46,8 @@ class Checkpoints:
             policies.BestN(get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True, n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        self._pending: int | None = None  # the step of the save that may still be in flight
+        self._failed = False
         self.manager = ocp.CheckpointManager(
             self.directory,
             # best_fn makes Orbax write the metrics to disk, so the best survives a restart.
@@ -71,10 +77,44 @@ class Checkpoints:
         data_iter: grain.DatasetIterator | None = None,
         metrics: dict[str, float] | None = None,
     ) -> None:
+        """Start saving ``step`` (asynchronously); a failed write is a :class:`CheckpointWriteError`."""
         items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        self._finish_pending()
+        self._pending = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        except Exception as e:  # noqa: BLE001 — the storage's errors come in many types
+            raise self._write_error(step, e) from e
+
+    def _finish_pending(self) -> None:
+        """Wait for the save in flight; its failure surfaces here, named by its step."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._pending, e) from e
+
+    def _write_error(self, step: int | None, error: Exception) -> CheckpointWriteError:
+        self._failed = True
+        # A failed item makes Orbax clean up while the others still write, which fails in turn:
+        # name every error in the chain, so the first cause (a full disk, say) is not lost.
+        causes, seen = [], set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if text not in causes:
+                causes.append(text)
+            error = error.__cause__ or error.__context__
+        return CheckpointWriteError(
+            f"writing the checkpoint of step {step} failed ({'; '.join(reversed(causes))}); the last good "
+            f"checkpoint, step {self.last_complete_step()}, is kept in {self.directory}")
+
+    def last_complete_step(self) -> int | None:
+        """The newest step whose folder was finalised on disk (Orbax renames it last)."""
+        if not self.directory.exists():
+            return None
+        return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()), default=None)
 
     def restore_loop(self, step: int) -> dict[str, Any]:
         """Only the loop state (finding, config, schedule): cheap, no arrays."""
@@ -137,8 +177,12 @@ class Checkpoints:
         return None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish the save in flight and release the manager."""
+        try:
+            if not self._failed:  # after a failure, the error already on its way says it all
+                self._finish_pending()
+        finally:
+            self.manager.close()
 
 
 def check_compatible(loop: dict[str, Any], finding: str, model_name: str, workdir: str | pathlib.Path) -> None:

@@ -112,8 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint.
 
     Raises :class:`reliability.Preempted` after saving when a stop signal arrives,
-    :class:`reliability.NonFiniteError` on a NaN/Inf step (unless skipped), and
-    :class:`reliability.WorkdirError` when the workdir is busy or unwritable.
+    :class:`reliability.NonFiniteError` on a NaN/Inf step (unless skipped),
+    :class:`reliability.WorkdirError` when the workdir is busy or unwritable, and
+    :class:`checkpoints.CheckpointWriteError` when a checkpoint cannot be written.
     """
     workdir = pathlib.Path(workdir)
     mesh = trainer.make_mesh()
@@ -177,12 +178,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
 
     def save(metrics: dict[str, float] | None = None) -> None:
         check_finite()
-        try:
-            ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=metrics)
-        except OSError as e:
-            raise reliability.CheckpointWriteError(
-                f"writing the checkpoint of step {step} failed ({e}); the last good checkpoint, step "
-                f"{_last_complete_step(ckpts)}, is kept in {ckpts.directory}") from e
+        ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=metrics)
 
     from tqdm import tqdm
 
@@ -260,12 +256,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
             "metrics": str(workdir.absolute() / "metrics.jsonl"),
             "tensorboard": str(workdir.absolute() / "tensorboard"),
             **validation}
-
-
-def _last_complete_step(ckpts: checkpoints.Checkpoints) -> int | None:
-    """The newest step whose folder was finalised on disk (Orbax renames it last)."""
-    steps = [int(p.name) for p in ckpts.directory.iterdir() if p.name.isdigit()] if ckpts.directory.exists() else []
-    return max(steps, default=None)
 
 
 def _loop_json(loop: trainer.LoopState, config: ml_collections.ConfigDict, sums: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,11 @@ flags.DEFINE_integer("process_id", None, "With --coordinator_address: this proce
 
 
 def in_cluster() -> bool:
-    """Whether JAX can find the other processes by itself (a multi-host TPU slice, SLURM)."""
+    """Whether JAX can find the other processes by itself (a multi-host TPU slice, SLURM).
+
+    Workers of a TPU pod slice do not always carry TPU_WORKER_HOSTNAMES in an ssh
+    session, so the launch scripts set FUNDAX_DISTRIBUTED=1 there.
+    """
     slurm_tasks = int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1")) or 1)
     tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return slurm_tasks > 1 or "," in tpu_hosts or os.environ.get("FUNDAX_DISTRIBUTED") == "1"

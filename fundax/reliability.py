@@ -35,10 +35,6 @@ class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient while ``skip_nonfinite_steps`` is off."""
 
 
-class CheckpointWriteError(RuntimeError):
-    """Writing a checkpoint failed (a full disk, say); the last good one is kept."""
-
-
 class Preempted(Exception):
     """The run stopped on a signal after saving; ``exit_status`` is 128 + the signal number."""
 

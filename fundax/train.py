@@ -104,14 +104,14 @@ def main(argv: list[str]) -> int:
         print(f"\ninterrupted before training started; nothing was saved in {FLAGS.workdir}", file=sys.stderr)
         return 130
     except (ValueError, OSError, reliability.WorkdirError, reliability.NonFiniteError,
-            reliability.CheckpointWriteError, checkpoints.NoIntactCheckpointError) as e:
+            checkpoints.CheckpointWriteError, checkpoints.NoIntactCheckpointError) as e:
         if os.environ.get("FUNDAX_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     best = result["best_val_loss"]
     print(f"finished at step {result['step']}"
-          + (f" (early stop)" if result["stopped_early"] else "")
+          + (" (early stop)" if result["stopped_early"] else "")
           + (f"; best validation loss {best:.4f} at step {result['best_step']}" if best is not None else ""))
     if "val_auroc" in result:
         print(f"last validation AUROC {result['val_auroc']:.4f}")

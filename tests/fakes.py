@@ -54,3 +54,19 @@ def train_command(workdir, data_dir, steps, **overrides) -> list[str]:
     return [sys.executable, "-m", "fundax.train", "--finding=macular_hole", f"--workdir={workdir}",
             f"--data_dir={data_dir}", "--dataset=fundus_findings/synthetic",
             "--config=experiments/configs/cpu_demo.py", *(f"--config.{k}={v}" for k, v in config.items())]
+
+
+def restored_state(workdir, step):
+    """The train state a tiny-config run saved at ``step``, as numpy arrays."""
+    import jax
+
+    from fundax import checkpoints, trainer
+
+    config = tiny_config()
+    mesh = trainer.make_mesh(jax.devices()[:1])
+    abstract = trainer.abstract_train_state(trainer.create_model(config), trainer.make_optimizer(config),
+                                            config, mesh)
+    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
+    state, _ = ckpts.restore(step, abstract)
+    ckpts.close()
+    return jax.tree.map(np.asarray, state)

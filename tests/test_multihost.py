@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import fakes
-from fundax import checkpoints, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,14 +44,7 @@ def _entries(workdir):
 
 
 def _params(workdir, step):
-    config = fakes.tiny_config()
-    mesh = trainer.make_mesh(jax.devices()[:1])
-    abstract = trainer.abstract_train_state(trainer.create_model(config), trainer.make_optimizer(config),
-                                            config, mesh)
-    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
-    state, _ = ckpts.restore(step, abstract)
-    ckpts.close()
-    return jax.tree.map(np.asarray, state.params)
+    return fakes.restored_state(workdir, step).params
 
 
 @pytest.mark.slow

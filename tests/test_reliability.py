@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -18,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import fakes
-from fundax import checkpoints, loop, reliability, trainer
+from fundax import checkpoints, loop, reliability
 from fundax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,14 +59,7 @@ def _start_and_stop_at(args, workdir, at_step, signum, timeout=240):
 
 
 def _final_state(workdir, step):
-    config = fakes.tiny_config()
-    mesh = trainer.make_mesh(jax.devices()[:1])
-    abstract = trainer.abstract_train_state(trainer.create_model(config), trainer.make_optimizer(config),
-                                            config, mesh)
-    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
-    state, _ = ckpts.restore(step, abstract)
-    ckpts.close()
-    return jax.tree.map(np.asarray, state)
+    return fakes.restored_state(workdir, step)
 
 
 @pytest.fixture(scope="module")
@@ -226,15 +218,21 @@ def test_unwritable_workdir_is_a_clear_error(prepared_dir, tmp_path):
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_good_one(prepared_dir, tmp_path, monkeypatch):
     _train_steps(prepared_dir, tmp_path, 2)
-    original = ocp.handlers.JsonCheckpointHandler.async_save
+    real_save = ocp.CheckpointManager.save
 
-    async def full_disk(self, directory, *args, **kwargs):
-        if "loop" in str(directory):
+    def full_disk(self, step, *args, **kwargs):
+        # The disk fills as step 4 is written: Orbax writes into a temporary folder, renamed only
+        # once complete, so what a real full disk leaves behind is that folder, half written.
+        if step == 4:
+            (self.directory / "4.orbax-checkpoint-tmp").mkdir()
             raise OSError(errno.ENOSPC, "No space left on device")
-        return await original(self, directory, *args, **kwargs)
+        return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "async_save", full_disk)
-    with pytest.raises(reliability.CheckpointWriteError, match="step 4 failed .*No space left.*step 2, is kept"):
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(checkpoints.CheckpointWriteError, match="step 4 failed .*No space left.*step 2, is kept"):
         _train_steps(prepared_dir, tmp_path, 4)
     monkeypatch.undo()
+    ckpts = checkpoints.Checkpoints(tmp_path, read_only=True)
+    assert ckpts.all_steps() == [2]
+    ckpts.close()
     assert _train_steps(prepared_dir, tmp_path, 4)["step"] == 4  # resumes from 2 once there is room

