@@ -7,6 +7,21 @@ from fundax import findings, regions
 from fundax.configs import default
 
 
+# The example line of docs/DATA_FORMAT.md.
+EXAMPLE = {
+    "image_id": "snubh-000123",
+    "file": "images/000123.jpg",
+    "split": "train",
+    "disc": [812.5, 1290.0],
+    "fovea": [1890.0, 1402.5],
+    "annotations": [
+        {"annotator": "r01", "findings": {"macular_hole": ["macula"], "drusen": ["macula", "temporal"]}},
+        {"annotator": "r07", "findings": {}},
+        {"annotator": "r12", "findings": {"macular_hole": ["macula", "superior_disc"]}},
+    ],
+}
+
+
 def records(n: int, size: int = 32, seed: int = 0) -> list[dict]:
     """Random photographs with a disc left of centre, a fovea right of it, and votes."""
     rng = np.random.default_rng(seed)

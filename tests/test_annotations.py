@@ -12,22 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fakes
 from fundax import findings as findings_lib
 from fundax import regions as regions_lib
 from fundax.data import annotations
 
-EXAMPLE = {
-    "image_id": "snubh-000123",
-    "file": "images/000123.jpg",
-    "split": "train",
-    "disc": [812.5, 1290.0],
-    "fovea": [1890.0, 1402.5],
-    "annotations": [
-        {"annotator": "r01", "findings": {"macular_hole": ["macula"], "drusen": ["macula", "temporal"]}},
-        {"annotator": "r07", "findings": {}},
-        {"annotator": "r12", "findings": {"macular_hole": ["macula", "superior_disc"]}},
-    ],
-}
+EXAMPLE = fakes.EXAMPLE
 GOOD = json.dumps(EXAMPLE)
 
 

@@ -21,23 +21,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import fakes
 from fundax import findings as findings_lib
 from fundax import regions as regions_lib
 from fundax.data import annotations
 from fundax.regions import REGIONS, RegionError
 
-EXAMPLE = {
-    "image_id": "snubh-000123",
-    "file": "images/000123.jpg",
-    "split": "train",
-    "disc": [812.5, 1290.0],
-    "fovea": [1890.0, 1402.5],
-    "annotations": [
-        {"annotator": "r01", "findings": {"macular_hole": ["macula"], "drusen": ["macula", "temporal"]}},
-        {"annotator": "r07", "findings": {}},
-        {"annotator": "r12", "findings": {"macular_hole": ["macula", "superior_disc"]}},
-    ],
-}
+EXAMPLE = fakes.EXAMPLE
 FINDINGS = findings_lib.FINDINGS
 BOM = b"\xef\xbb\xbf"
 FAST = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
