@@ -93,8 +93,11 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     global_batch = batch_size or config.batch_size
     if global_batch % mesh.size:
         raise EvaluationError(f"batch size {global_batch} is not a multiple of the {mesh.size} devices")
-    state, step = restore_state(config, workdir, which, mesh)
     source = pipeline.open_split(config.dataset, data_dir, split)
+    from fundax import loop
+
+    loop.check_image_size(config, data_dir)
+    state, step = restore_state(config, workdir, which, mesh)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     eval_step = trainer.make_eval_step(trainer.create_model(config), config, mesh)
     outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(

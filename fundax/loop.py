@@ -96,15 +96,32 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
     if config.learning_rate <= 0:
         problems.append(f"learning_rate must be positive, got {config.learning_rate}")
+    if config.lr_plateau_patience < 1:
+        problems.append(f"lr_plateau_patience must be at least 1, got {config.lr_plateau_patience}")
+    if not 0 < config.lr_plateau_factor <= 1:
+        problems.append(f"lr_plateau_factor must lie in (0, 1], got {config.lr_plateau_factor}")
+    if not 0 <= config.min_learning_rate <= config.learning_rate:
+        problems.append(f"min_learning_rate must lie in [0, learning_rate], got {config.min_learning_rate}")
     if problems:
         raise ValueError("bad config: " + "; ".join(problems))
 
 
 def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
+    """The side of the photographs ``prepare`` wrote for ``dataset``."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(dataset, data_dir=data_dir)
-    return int(builder.info.metadata["prepare"]["image_size_px"])
+    prepared = (builder.info.metadata or {}).get("prepare") or {}
+    if "image_size_px" not in prepared:
+        raise pipeline.DatasetError(f"{dataset} in {data_dir} was not prepared by fundax: run python -m fundax.prepare")
+    return int(prepared["image_size_px"])
+
+
+def check_image_size(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path) -> None:
+    size = prepared_image_size(config.dataset, data_dir)
+    if size != config.image_size:
+        raise ValueError(f"{config.dataset} in {data_dir} is prepared at {size} px but image_size is "
+                         f"{config.image_size}: set --config.image_size={size} or prepare it again")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -132,10 +149,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     tx = trainer.make_optimizer(config)
     train_source = pipeline.open_split(config.dataset, data_dir, "train")
     val_source = pipeline.open_split(config.dataset, data_dir, "validation")
-    size = prepared_image_size(config.dataset, data_dir)
-    if size != config.image_size:
-        raise ValueError(f"{config.dataset} in {data_dir} is prepared at {size} px but image_size is "
-                         f"{config.image_size}: set --config.image_size={size} or prepare it again")
+    check_image_size(config, data_dir)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     process, processes = jax.process_index(), jax.process_count()
     data_iter = iter(pipeline.train_dataset(
@@ -203,12 +217,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 check_finite()
                 count = int(sums.pop("count"))
                 means = {k: float(np.asarray(v)) / count for k, v in sums.items() if k != "nonfinite"}
-                means["learning_rate"] = loop.learning_rate
+                means["learning_rate"] = trainer.learning_rate(state)
                 skipped = int(np.asarray(sums["nonfinite"]))
                 if skipped:
                     means["skipped_steps"] = skipped
-                    log.warning("skipped %d step(s) with a non-finite loss or gradients, the first at step %d",
-                                skipped, int(first_nonfinite))
+                    first = int(first_nonfinite)
+                    log.warning("skipped %d step(s) with a non-finite loss or gradients%s", skipped,
+                                f", the first at step {first}" if first != NO_STEP else "")
                     first_nonfinite = NO_STEP
                 writer.write(step, "train", means)
                 sums = {}
@@ -229,7 +244,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                     state = trainer.set_learning_rate(state, loop.learning_rate)
                     log.info("step %d: validation loss stagnates, learning rate %.3g -> %.3g",
                              step, before, loop.learning_rate)
-                writer.write(step, "validation", {**validation, "learning_rate": loop.learning_rate})
+                writer.write(step, "validation", {**validation, "learning_rate": trainer.learning_rate(state)})
                 save({checkpoints.VALIDATION_METRIC: validation["val_loss"]})
                 bar.write(_validation_line(step, validation))
             elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:

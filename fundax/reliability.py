@@ -5,8 +5,8 @@
 * :class:`StopSignals` — SIGTERM (what Cloud TPU and most schedulers send before
   preemption) or SIGINT asks the loop to finish its step, save and exit with
   status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal
-  acts at once. With several processes, they stop together at the step JAX's
-  preemption sync point names.
+  acts at once. With several processes, a SIGTERM stops them together at the step
+  JAX's preemption sync point names; SIGINT then interrupts at once.
 * :class:`NonFiniteError` — a NaN or Inf in the loss or gradients.
 """
 
@@ -99,8 +99,10 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for signum in self.SIGNALS:
-            if signum == signal.SIGTERM and jax.process_count() > 1:
-                continue  # JAX's preemption notifier owns SIGTERM and tells every process
+            if jax.process_count() > 1:
+                # JAX's preemption notifier owns SIGTERM and tells every process; Ctrl-C on one
+                # of several processes cannot be agreed on without a collective, so it acts at once.
+                continue
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -101,7 +101,8 @@ def main(argv: list[str]) -> int:
         print(f"{e}; the checkpoint is saved: run the same command again to resume", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
-        print(f"\ninterrupted before training started; nothing was saved in {FLAGS.workdir}", file=sys.stderr)
+        print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
+              f"{FLAGS.workdir}/checkpoints, if there is one", file=sys.stderr)
         return 130
     except (ValueError, OSError, reliability.WorkdirError, reliability.NonFiniteError,
             checkpoints.CheckpointWriteError, checkpoints.NoIntactCheckpointError) as e:

@@ -193,3 +193,16 @@ def test_input_benchmark_reports_medians_per_core(tiny_dataset):
     assert len(result["runs"]) == 3 and result["images_per_s"] == sorted(result["runs"])[1]
     cores = min(2, __import__("os").cpu_count())
     assert result["images_per_s_per_core"] == pytest.approx(result["images_per_s"] / cores)
+
+
+def test_bad_schedule_settings_are_named():
+    from fundax import loop
+
+    config = fakes.tiny_config(lr_plateau_patience=0, lr_plateau_factor=1.5, min_learning_rate=1.0)
+    with pytest.raises(ValueError) as error:
+        loop.check_config(config, 1)
+    message = str(error.value)
+    assert "lr_plateau_patience must be at least 1, got 0" in message
+    assert "lr_plateau_factor must lie in (0, 1], got 1.5" in message
+    assert "min_learning_rate must lie in [0, learning_rate], got 1.0" in message
+    loop.check_config(fakes.tiny_config(), 8)
