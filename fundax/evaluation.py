@@ -94,9 +94,7 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     if global_batch % mesh.size:
         raise EvaluationError(f"batch size {global_batch} is not a multiple of the {mesh.size} devices")
     source = pipeline.open_split(config.dataset, data_dir, split)
-    from fundax import loop
-
-    loop.check_image_size(config, data_dir)
+    pipeline.check_image_size(config.dataset, data_dir, config.image_size)
     state, step = restore_state(config, workdir, which, mesh)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     eval_step = trainer.make_eval_step(trainer.create_model(config), config, mesh)

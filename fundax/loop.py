@@ -106,24 +106,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError("bad config: " + "; ".join(problems))
 
 
-def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
-    """The side of the photographs ``prepare`` wrote for ``dataset``."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    prepared = (builder.info.metadata or {}).get("prepare") or {}
-    if "image_size_px" not in prepared:
-        raise pipeline.DatasetError(f"{dataset} in {data_dir} was not prepared by fundax: run python -m fundax.prepare")
-    return int(prepared["image_size_px"])
-
-
-def check_image_size(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path) -> None:
-    size = prepared_image_size(config.dataset, data_dir)
-    if size != config.image_size:
-        raise ValueError(f"{config.dataset} in {data_dir} is prepared at {size} px but image_size is "
-                         f"{config.image_size}: set --config.image_size={size} or prepare it again")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        data_dir: str | pathlib.Path, show_progress: bool = True) -> dict[str, Any]:
     """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint.
@@ -149,7 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     tx = trainer.make_optimizer(config)
     train_source = pipeline.open_split(config.dataset, data_dir, "train")
     val_source = pipeline.open_split(config.dataset, data_dir, "validation")
-    check_image_size(config, data_dir)
+    pipeline.check_image_size(config.dataset, data_dir, config.image_size)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     process, processes = jax.process_index(), jax.process_count()
     data_iter = iter(pipeline.train_dataset(

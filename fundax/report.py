@@ -150,10 +150,8 @@ def _write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[str] | None,
             num_images: int) -> list[pathlib.Path]:
     """Per finding, a Fig. 3 panel: photograph, regional cue, map with guidance, map without."""
-    import tensorflow_datasets as tfds
-
-    import fundax.data.fundus_findings  # noqa: F401  (registers the builder)
     from fundax import regions
+    from fundax.data import pipeline
 
     written = []
     for finding in dict.fromkeys(r.finding for r in runs):
@@ -174,7 +172,7 @@ def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[
             picks = [k for k in np.argsort(-out_g["probability"]) if positive[k]][:num_images]
         if not picks:
             continue
-        source = tfds.builder(guided.config["dataset"], data_dir=guided.config["data_dir"]).as_data_source(split)
+        source = pipeline.open_split(guided.config["dataset"], guided.config["data_dir"], split)
         rows = []
         for k in picks:
             record = source[int(out_g["record_index"][k])]

@@ -21,9 +21,6 @@ import numpy as np
 from fundax import findings as findings_lib
 from fundax.data import annotations
 
-TRAIN_FIELDS = ("image", "disc", "fovea", "region_bits", "label", "weight")
-
-
 class DatasetError(ValueError):
     """A dataset or split that cannot be read."""
 
@@ -46,6 +43,25 @@ def open_split(dataset: str, data_dir: str | pathlib.Path, split: str) -> Any:
         raise DatasetError(
             f"dataset {dataset!r} in {data_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
+
+
+def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
+    """The side of the photographs ``prepare`` wrote for ``dataset``."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    prepared = (builder.info.metadata or {}).get("prepare") or {}
+    if "image_size_px" not in prepared:
+        raise DatasetError(f"{dataset} in {data_dir} was not prepared by fundax: run python -m fundax.prepare")
+    return int(prepared["image_size_px"])
+
+
+def check_image_size(dataset: str, data_dir: str | pathlib.Path, image_size: int) -> None:
+    """A model built for ``image_size`` reads only photographs prepared at that size."""
+    size = prepared_image_size(dataset, data_dir)
+    if size != image_size:
+        raise DatasetError(f"{dataset} in {data_dir} is prepared at {size} px but image_size is "
+                           f"{image_size}: set --config.image_size={size} or prepare it again")
 
 
 class FindingExample:
