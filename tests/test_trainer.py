@@ -183,18 +183,6 @@ def test_best_checkpoint_kept_beside_the_latest(tmp_path):
     ckpts.close()
 
 
-def test_input_benchmark_reports_medians_per_core(tiny_dataset):
-    from fundax import bench
-
-    _, data_dir = tiny_dataset
-    source = pipeline.open_split("fundus_findings/synthetic", data_dir, "train")
-    result = bench.input_throughput(source, "macular_hole", threads=2, batch_size=4, batches=3, warmup=1,
-                                    repeats=3)
-    assert len(result["runs"]) == 3 and result["images_per_s"] == sorted(result["runs"])[1]
-    cores = min(2, __import__("os").cpu_count())
-    assert result["images_per_s_per_core"] == pytest.approx(result["images_per_s"] / cores)
-
-
 def test_bad_schedule_settings_are_named():
     from fundax import loop
 

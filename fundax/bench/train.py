@@ -1,0 +1,199 @@
+"""The train and eval step benchmarks: fundax, and the same network in PyTorch.
+
+Every step is timed on a batch kept on the device (so the figure is the step, not
+the input); :func:`loader_throughput` then feeds the same step from the real
+pipeline to tell whether training is input-bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fundax import trainer
+from fundax.bench import timing
+from fundax.data import pipeline
+from fundax.models import guided_cnn
+
+
+def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """A global batch of the train step's layout; the step's cost does not depend on pixel values."""
+    rng = np.random.default_rng(seed)
+    b, s = config.batch_size, config.image_size
+    return {
+        "image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+        "disc": np.tile(np.array([0.7 * s, 0.5 * s], np.float32), (b, 1)),
+        "fovea": np.tile(np.array([0.45 * s, 0.52 * s], np.float32), (b, 1)),
+        "region_bits": rng.integers(0, 256, (b,), dtype=np.int32),
+        "label": rng.integers(0, 2, (b,)).astype(np.float32),
+        "weight": np.ones((b,), np.float32),
+        "record_index": np.arange(b, dtype=np.int32),
+    }
+
+
+class Setup:
+    """Mesh, model, optimiser, state and a device-resident batch for ``config``."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.mesh = trainer.make_mesh(jax.local_devices())
+        if config.batch_size % self.mesh.size:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.mesh.size} devices")
+        self.model = trainer.create_model(config)
+        self.tx = trainer.make_optimizer(config)
+        self.sharding = NamedSharding(self.mesh, P(trainer.AXIS))
+        self.batch = pipeline.to_global(random_batch(config), self.sharding)
+
+    def fresh_state(self) -> trainer.TrainState:
+        return trainer.create_train_state(self.model, self.tx, self.config, self.mesh)
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.config.batch_size // self.mesh.size
+
+
+def time_train_step(setup: Setup, *, steps: int, repeats: int, augment: bool = True) -> dict[str, Any]:
+    """Median ms/step and img/s of the full train step, and its FLOPs from XLA's cost analysis."""
+    config = setup.config.copy_and_resolve_references()
+    config.augment.enabled = augment
+    step = trainer.make_train_step(setup.model, setup.tx, config, setup.mesh)
+    state = setup.fresh_state()
+    flops = timing.flops_per_step(step.lower(state, setup.batch).compile())
+    holder = {"state": state}
+
+    def run() -> Any:
+        holder["state"], metrics = step(holder["state"], setup.batch)
+        return metrics
+
+    result = timing.summary(timing.timed_repeats(run, jax.block_until_ready, iterations=steps, repeats=repeats),
+                            config.batch_size)
+    finite = bool(np.isfinite(float(run()["loss"])))
+    result.update(augment=augment, finite_loss=finite,
+                  gflops_per_image=None if flops is None else flops / setup.per_device_batch / 1e9)
+    if flops is not None:
+        result["tflops_per_device"] = flops / (result["ms_per_step"] / 1e3) / 1e12
+    return result
+
+
+def forward_gflops_per_image(setup: Setup) -> float | None:
+    """Model GFLOPs per image of one forward pass (inference mode), from XLA's cost analysis."""
+    variables = jax.eval_shape(lambda: setup.model.clone(axis_name=None).init(
+        jax.random.key(0), np.zeros((1, setup.config.image_size, setup.config.image_size, 3), np.float32)))
+    images = jax.ShapeDtypeStruct((1, setup.config.image_size, setup.config.image_size, 3), np.float32)
+    apply = jax.jit(lambda v, x: setup.model.clone(axis_name=None).apply(v, x, train=False))
+    flops = timing.flops_per_step(apply.lower(variables, images).compile())
+    return None if flops is None else flops / 1e9
+
+
+def time_eval_step(setup: Setup, *, steps: int, repeats: int) -> dict[str, Any]:
+    """Median img/s of the eval step (no augmentation, activation maps and AIR terms out)."""
+    step = trainer.make_eval_step(setup.model, setup.config, setup.mesh)
+    state = setup.fresh_state()
+    seconds = timing.timed_repeats(lambda: step(state, setup.batch), jax.block_until_ready,
+                                   iterations=steps, repeats=repeats)
+    return timing.summary(seconds, setup.config.batch_size)
+
+
+def loader_throughput(setup: Setup, source: Any, *, steps: int, repeats: int) -> dict[str, Any]:
+    """img/s of the train step fed by the real host pipeline from prepared records."""
+    config = setup.config
+    step = trainer.make_train_step(setup.model, setup.tx, config, setup.mesh)
+    example = pipeline.FindingExample(config.finding, config.min_votes)
+    stream = iter(pipeline.train_dataset(source, example, global_batch=config.batch_size, seed=config.seed,
+                                         threads=config.loader_threads, prefetch_batches=config.prefetch_batches))
+    holder = {"state": setup.fresh_state()}
+
+    def run() -> Any:
+        batch = pipeline.to_global(next(stream), setup.sharding)
+        holder["state"], metrics = step(holder["state"], batch)
+        return metrics
+
+    return timing.summary(timing.timed_repeats(run, jax.block_until_ready, iterations=steps, repeats=repeats),
+                          config.batch_size)
+
+
+def first_step_seconds(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, float]:
+    """In this process: build the state and run one train step with the cache in ``cache_dir``."""
+    from fundax import parallel
+
+    parallel.enable_compilation_cache(cache_dir)
+    start = time.perf_counter()
+    setup = Setup(config)
+    state = setup.fresh_state()
+    ready = time.perf_counter()
+    step = trainer.make_train_step(setup.model, setup.tx, config, setup.mesh)
+    jax.block_until_ready(step(state, setup.batch))
+    end = time.perf_counter()
+    return {"first_step_s": end - ready, "state_and_first_step_s": end - start}
+
+
+def time_to_first_step(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """First train step in a new process, cold (empty compilation cache) and warm (the cache it filled)."""
+    with tempfile.TemporaryDirectory(prefix="fundax_bench_cache_") as cache:
+        config_file = os.path.join(cache, "config.json")
+        with open(config_file, "w") as f:
+            f.write(config.to_json())
+        runs = {}
+        for name in ("cold", "warm"):
+            done = subprocess.run([sys.executable, "-m", "fundax.bench", "first_step", f"--config_json={config_file}",
+                                   f"--cache_dir={os.path.join(cache, 'jax_cache')}"],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"first-step run ({name}) failed: {done.stderr.strip()[-2000:]}")
+            runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return runs
+
+
+def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augment: bool = True) -> dict[str, Any]:
+    """The same network, loss and update in PyTorch (channels_last, autocast for bfloat16)."""
+    import torch
+
+    from fundax.bench import torch_guided_cnn as tg
+    from fundax.regions import region_mask
+
+    config = setup.config
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    model = tg.TorchGuidedCNN(setup.model).to(device).to(memory_format=torch.channels_last).train()
+    host = random_batch(config)
+    size, map_size = config.image_size, guided_cnn.activation_map_size(config.image_size)
+    geometry = list(zip(host["disc"], host["fovea"], host["region_bits"], strict=True))
+    full = np.stack([region_mask(size, size, d, f, int(b)) for d, f, b in geometry])
+    cells = np.stack([region_mask(map_size, map_size, d, f, int(b), image_size=(size, size)) for d, f, b in geometry])
+    batch = {"image": torch.from_numpy(host["image"]).permute(0, 3, 1, 2).contiguous().to(device),
+             "mask_full": torch.from_numpy(full)[:, None].to(device),
+             "mask": torch.from_numpy(cells.astype(np.float32)).to(device),
+             "label": torch.from_numpy(host["label"]).to(device), "weight": torch.from_numpy(host["weight"]).to(device)}
+    step = tg.make_train_step(
+        model, learning_rate=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay,
+        guidance_weight=config.guidance_weight, epsilon=config.epsilon, map_size=map_size,
+        bfloat16=config.dtype == "bfloat16", augmented=augment, compiled=compiled, seed=config.seed)
+
+    def sync(loss: Any) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        float(loss)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    sync(step(batch))  # compiles, when compiled
+    first = time.perf_counter() - start
+    result = timing.summary(timing.timed_repeats(lambda: step(batch), sync, iterations=steps, repeats=repeats),
+                            config.batch_size)
+    result.update(variant="torch.compile" if compiled else "eager", first_step_s=first, torch=torch.__version__,
+                  threads=torch.get_num_threads(), finite_loss=bool(np.isfinite(float(step(batch)))))
+    if device.type == "cuda":
+        result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    return result

@@ -1,0 +1,196 @@
+"""The benchmarks in smoke form: tiny sizes, figures checked for being finite and consistent."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from fakes import tiny_config
+
+from fundax.bench import timing
+from fundax.data import pipeline
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def test_timed_repeats_times_every_iteration_and_syncs_once_a_repeat():
+    calls, synced = [], []
+    seconds = timing.timed_repeats(lambda: calls.append(1) or len(calls), synced.append, iterations=3, repeats=4,
+                                   warmup=2)
+    assert len(calls) == 2 + 3 * 4
+    assert synced == [2, 5, 8, 11, 14]  # after the warm-up, then at the end of each repeat
+    assert len(seconds) == 4 and all(s >= 0 for s in seconds)
+    with pytest.raises(ValueError, match="iterations and repeats"):
+        timing.timed_repeats(lambda: None, lambda _: None, iterations=0, repeats=1)
+
+
+def test_summary_is_the_median_in_ms_and_items_per_second():
+    result = timing.summary([0.1, 0.3, 0.2], items_per_iteration=10)
+    assert result["ms_per_step"] == pytest.approx(200.0)
+    assert result["images_per_s"] == pytest.approx(50.0)
+    assert result["runs_ms"] == pytest.approx([100.0, 300.0, 200.0])
+
+
+def test_flops_come_from_xla_cost_analysis():
+    # An (m x k) @ (k x n) product is m*n*k multiply-adds: 2*m*n*k FLOPs.
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((16, 32)), jnp.ones((32, 8))).compile()
+    assert timing.flops_per_step(compiled) == 2 * 16 * 32 * 8
+
+
+def test_matmul_peak_is_positive_and_the_median():
+    peak = timing.matmul_peak_tflops("float32", size=64, repeats=3)
+    assert peak["tflops"] > 0 and peak["tflops"] == pytest.approx(statistics.median(peak["runs_tflops"]))
+
+
+def _valid_taps(n, stride=1, dilation=1, k=3):
+    """(output, tap) pairs of a 1-D SAME conv that land inside the input (XLA counts no padding)."""
+    out = -(-n // stride)
+    pad_lo = max((out - 1) * stride + (k - 1) * dilation + 1 - n, 0) // 2
+    return sum(0 <= o * stride - pad_lo + t * dilation < n for o in range(out) for t in range(k))
+
+
+def _conv_flops(n, cin, cout, stride=1, dilation=1):
+    return 2 * _valid_taps(n, stride, dilation) ** 2 * cin * cout
+
+
+def test_forward_gflops_match_the_architecture_by_hand():
+    from fundax.bench import train as tb
+
+    # 32 px, stem 4, one unit a stage, ASPP 4, macular hole (rates 1, 2, 4): the convs'
+    # multiply-adds by hand; BatchNorm, ReLU, pooling and the sigmoid add a few percent.
+    setup = tb.Setup(tiny_config(finding="macular_hole"))
+    convs = _conv_flops(32, 3, 4, stride=2)
+    side, width = 16, 4
+    for _ in range(3):
+        convs += 2 * _conv_flops(side, width, width) + _conv_flops(side, width, 2 * width, stride=2)
+        side, width = side // 2, 2 * width
+    convs += sum(_conv_flops(2, 4 + 8 + 16 + 32, 4, dilation=r) for r in (1, 2, 4)) + 2 * 2 * 2 * 12
+    assert tb.forward_gflops_per_image(setup) * 1e9 == pytest.approx(convs, rel=0.1)
+
+
+@pytest.mark.slow
+def test_train_and_eval_step_figures_are_finite_and_consistent():
+    from fundax.bench import train as tb
+
+    setup = tb.Setup(tiny_config(finding="macular_hole"))
+    step = tb.time_train_step(setup, steps=2, repeats=2)
+    assert step["finite_loss"]
+    assert step["images_per_s"] == pytest.approx(8 / (step["ms_per_step"] / 1e3))
+    assert step["ms_per_step"] == pytest.approx(statistics.median(step["runs_ms"]))
+    forward = tb.forward_gflops_per_image(setup)
+    # A train step is a forward, a backward of about twice its cost, and the update.
+    assert 2 * forward < step["gflops_per_image"] < 6 * forward
+    devices = setup.mesh.size
+    assert step["tflops_per_device"] == pytest.approx(step["gflops_per_image"] * step["images_per_s"] / devices / 1e3)
+    evaluation = tb.time_eval_step(setup, steps=2, repeats=2)
+    assert evaluation["images_per_s"] == pytest.approx(8 / (evaluation["ms_per_step"] / 1e3))
+
+
+@pytest.mark.slow
+def test_the_loader_feeds_the_same_step(tiny_dataset):
+    from fundax.bench import train as tb
+
+    _, data_dir = tiny_dataset
+    setup = tb.Setup(tiny_config(finding="macular_hole"))
+    source = pipeline.open_split("fundus_findings/synthetic", data_dir, "train")
+    fed = tb.loader_throughput(setup, source, steps=2, repeats=2)
+    assert fed["images_per_s"] > 0 and len(fed["runs_ms"]) == 2
+
+
+def test_input_benchmark_reports_medians_per_core(tiny_dataset):
+    from fundax import bench
+
+    _, data_dir = tiny_dataset
+    source = pipeline.open_split("fundus_findings/synthetic", data_dir, "train")
+    result = bench.input_throughput(source, "macular_hole", threads=2, batch_size=4, batches=3, warmup=1,
+                                    repeats=3)
+    assert len(result["runs"]) == 3 and result["images_per_s"] == sorted(result["runs"])[1]
+    cores = min(2, os.cpu_count())
+    assert result["images_per_s_per_core"] == pytest.approx(result["images_per_s"] / cores)
+
+
+def _bench(tmp_path, *args):
+    config = tmp_path / "tiny.py"
+    config.write_text("from fakes import tiny_config\n\n\ndef get_config():\n"
+                      "    return tiny_config(finding='macular_hole')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "fundax.bench", *args, f"--config={config}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_command_writes_consistent_json(tmp_path):
+    out = tmp_path / "train.json"
+    done = _bench(tmp_path, "train", "--steps=1", "--repeats=2", "--first_step", f"--json_out={out}")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    step, plain = result["step"], result["step_without_augmentation"]
+    assert result["augmentation_share"] == pytest.approx(max(0.0, 1 - plain["ms_per_step"] / step["ms_per_step"]))
+    assert result["peak_share"] == pytest.approx(step["tflops_per_device"] / result["matmul_peak"]["tflops"])
+    assert result["peak_memory_bytes"] > 0 and result["machine"]["backend"] == "cpu"
+    for run in ("cold", "warm"):
+        assert 0 < result["first_step"][run]["first_step_s"] <= result["first_step"][run]["state_and_first_step_s"]
+    assert "ms/step" in done.stdout and "first step in a new process" in done.stdout
+
+
+def test_bad_subcommand_and_counts_are_refused(tmp_path):
+    done = _bench(tmp_path, "fly")
+    assert done.returncode != 0 and "usage: python -m fundax.bench" in done.stderr
+    done = _bench(tmp_path, "train", "--repeats=0")
+    assert done.returncode != 0 and "--repeats must be >= 1" in done.stderr
+
+
+def test_torch_twin_matches_fundax_architecture_and_loss():
+    torch = pytest.importorskip("torch", reason="the PyTorch comparison needs the bench extra (pip install torch)")
+    from fundax import losses, trainer
+    from fundax.bench import torch_guided_cnn as tg
+
+    for finding in ("macular_hole", "hemorrhage", "membrane"):
+        config = tiny_config(finding=finding)
+        model = trainer.create_model(config).clone(axis_name=None)
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        twin = tg.TorchGuidedCNN(model)
+        flax_count = sum(np.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
+        assert sum(p.numel() for p in twin.parameters()) == flax_count
+        logit, activation = twin(torch.rand(2, 3, 32, 32))
+        out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 32, 32, 3)))
+        assert tuple(logit.shape) == out["logit"].shape and tuple(activation.shape) == out["activation_map"].shape
+
+    rng = np.random.default_rng(0)
+    logit, label = rng.normal(size=4).astype(np.float32), np.array([1, 0, 1, 0], np.float32)
+    amap, mask = rng.uniform(0, 1, (4, 2, 2)).astype(np.float32), (rng.uniform(size=(4, 2, 2)) > 0.5).astype(np.float32)
+    weight = np.array([1, 1, 0, 1], np.float32)
+    expected, _ = losses.total_loss(logit, amap, label, mask, weight, guidance_weight=0.5, epsilon=1e-3)
+    got = tg.combined_loss(*(torch.from_numpy(a) for a in (logit, amap, label, mask, weight)), 0.5, 1e-3)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_torch_affine_without_randomness_is_a_mirror_or_identity():
+    torch = pytest.importorskip("torch", reason="the PyTorch comparison needs the bench extra (pip install torch)")
+    from fundax.bench import torch_guided_cnn as tg
+
+    theta = tg.random_affine(64, torch.Generator().manual_seed(0), scale=(1.0, 1.0), rotation_deg=0.0,
+                             translation=0.0, shear_deg=0.0)
+    mirror = theta[:, 0, 0]
+    assert set(mirror.tolist()) == {-1.0, 1.0}
+    expected = torch.zeros(64, 2, 3)
+    expected[:, 0, 0], expected[:, 1, 1] = mirror, 1.0
+    assert torch.equal(theta, expected)
+
+
+@pytest.mark.slow
+def test_torch_command_reports_ratios(tmp_path):
+    pytest.importorskip("torch", reason="the PyTorch comparison needs the bench extra (pip install torch)")
+    out = tmp_path / "torch.json"
+    done = _bench(tmp_path, "torch", "--steps=1", "--repeats=2", "--nocompile", f"--json_out={out}")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    eager = result["torch"][0]
+    assert eager["variant"] == "eager" and eager["finite_loss"]
+    assert eager["fundax_ratio"] == pytest.approx(result["fundax"]["images_per_s"] / eager["images_per_s"])
