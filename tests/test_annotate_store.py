@@ -1,0 +1,239 @@
+"""Tests of fundax.annotate.store: merges keep everything else, writes are serialised and atomic."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import pathlib
+import signal
+import time
+
+import pytest
+
+from fundax.annotate import store
+from fundax.data import annotations
+
+# The example line of docs/DATA_FORMAT.md, with an extra key at the top and in one grader's entry.
+EXAMPLE = {
+    "image_id": "snubh-000123", "file": "images/000123.jpg", "split": "train",
+    "disc": [812.5, 1290.0], "fovea": [1890.0, 1402.5],
+    "annotations": [
+        {"annotator": "r01", "findings": {"macular_hole": ["macula"], "drusen": ["macula", "temporal"]}},
+        {"annotator": "r07", "findings": {}, "seconds": 41},
+        {"annotator": "r12", "findings": {"macular_hole": ["macula", "superior_disc"]}}],
+    "camera": "TRC-NW8",
+}
+DISC, FOVEA = (812.5, 1290.0), (1890.0, 1402.5)
+
+
+def _line(image_id: str, annotators=("r01",), disc=DISC, fovea=FOVEA) -> bytes:
+    obj = {**EXAMPLE, "image_id": image_id, "file": f"images/{image_id}.jpg", "disc": list(disc),
+           "fovea": list(fovea), "annotations": [{"annotator": a, "findings": {}} for a in annotators]}
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _save(s: store.AnnotationStore, image_id: str, annotator: str, findings=None, seen=(DISC, FOVEA), **kw):
+    return s.save(image_id, file=kw.get("file", f"images/{image_id}.jpg"), split="train", disc=kw.get("disc", DISC),
+                  fovea=kw.get("fovea", FOVEA), annotator=annotator, findings=findings or {}, centres_seen=seen)
+
+
+def _accepted(path: pathlib.Path) -> dict[str, annotations.Record]:
+    """The records of the file; fails the test if the dataset reader rejects any line."""
+    result = annotations.read_annotations(path)
+    assert result.rejections == [], [r.reason for r in result.rejections]
+    return {r.image_id: r for r in result.records}
+
+
+def test_a_new_file_gets_a_line_the_reader_accepts(tmp_path):
+    s = store.AnnotationStore(tmp_path / "annotations.jsonl")
+    line = _save(s, "a", "r01", {"macular_hole": ["temporal", "macula", "macula"]}, seen=None)
+    assert line["annotations"] == [{"annotator": "r01", "findings": {"macular_hole": ["macula", "temporal"]}}]
+    record = _accepted(s.path)["a"]
+    assert record.disc == DISC and record.fovea == FOVEA and record.split == "train"
+    assert record.graders[0].findings == {"macular_hole": ("macula", "temporal")}
+
+
+def test_merge_keeps_other_lines_byte_for_byte_and_other_graders_entries(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    other = b'{"image_id": "b",  "file": "images/b.jpg", "split": "test", "disc": [1, 2], "fovea": [3, 4.50],' \
+            b' "annotations": [{"annotator": "r02", "findings": {}}]}\r\n'
+    broken = b"this line is not JSON, and stays\n"
+    path.write_bytes(other + json.dumps(EXAMPLE).encode() + b"\n" + broken + _line("c"))
+    s = store.AnnotationStore(path)
+    _save(s, "snubh-000123", "r07", {"rnfl_defect": ["superotemporal"]}, file="images/000123.jpg")
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] + b"\n" == other and lines[2] + b"\n" == broken and lines[3] + b"\n" == _line("c")
+    merged = json.loads(lines[1])
+    assert [e["annotator"] for e in merged["annotations"]] == ["r01", "r07", "r12"]
+    assert merged["annotations"][0] == EXAMPLE["annotations"][0]
+    assert merged["annotations"][2] == EXAMPLE["annotations"][2]
+    assert merged["annotations"][1] == {"annotator": "r07", "findings": {"rnfl_defect": ["superotemporal"]},
+                                        "seconds": 41}
+    assert merged["camera"] == "TRC-NW8" and list(merged) == list(EXAMPLE)
+    result = annotations.read_annotations(path)
+    assert [r.line_number for r in result.rejections] == [3]  # the broken line, as before
+
+
+def test_saving_again_replaces_the_graders_entry_and_a_new_grader_is_appended(tmp_path):
+    s = store.AnnotationStore(tmp_path / "annotations.jsonl")
+    _save(s, "a", "r01", {"drusen": ["macula"]}, seen=None)
+    _save(s, "a", "r01", {})
+    _save(s, "a", "r02", {"hemorrhage": ["inferonasal"]})
+    record = _accepted(s.path)["a"]
+    assert [(g.annotator, dict(g.findings)) for g in record.graders] == [
+        ("r01", {}), ("r02", {"hemorrhage": ("inferonasal",)})]
+    assert len(s.path.read_bytes().splitlines()) == 1
+
+
+def test_a_last_line_without_its_newline_keeps_its_own_line(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a").rstrip(b"\n"))
+    _save(store.AnnotationStore(path), "b", "r01", seen=None)
+    assert set(_accepted(path)) == {"a", "b"}
+
+
+@pytest.mark.parametrize("findings, reason", [
+    ({"glaucoma": ["macula"]}, "unknown finding 'glaucoma'"),
+    ({"drusen": ["fovea"]}, "unknown region 'fovea'"),
+    ({"drusen": []}, "needs a non-empty list of regions"),
+])
+def test_a_reading_the_reader_would_reject_is_not_written(tmp_path, findings, reason):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a"))
+    with pytest.raises(store.StoreError, match=reason):
+        _save(store.AnnotationStore(path), "a", "r02", findings)
+    assert path.read_bytes() == _line("a")
+
+
+def test_centres_moved_by_another_grader_meanwhile_are_a_conflict(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a", disc=(10.0, 20.0)))
+    s = store.AnnotationStore(path)
+    with pytest.raises(store.CentresChanged, match="moved by another grader"):
+        _save(s, "a", "r02", seen=((11.0, 20.0), FOVEA))
+    with pytest.raises(store.CentresChanged):
+        _save(s, "a", "r02", seen=None)  # placed anew over centres the grader never saw
+    _save(s, "a", "r02", seen=((10.0, 20.0), FOVEA), disc=(15.0, 25.0))
+    assert _accepted(path)["a"].disc == (15.0, 25.0)
+
+
+def test_resume_is_the_first_image_the_grader_has_not_read(tmp_path):
+    s = store.AnnotationStore(tmp_path / "annotations.jsonl")
+    ids = ["a", "b", "c", "d"]
+    assert store.first_unread(s.snapshot(), ids, "r01") == 0
+    _save(s, "a", "r01", seen=None)
+    _save(s, "b", "r02", seen=None)  # another grader's reading does not count
+    _save(s, "c", "r01", {"drusen": ["macula"]}, seen=None)
+    snapshot = s.snapshot()
+    assert store.first_unread(snapshot, ids, "r01") == 1
+    assert store.count_read(snapshot, ids, "r01") == 2
+    assert store.first_unread(snapshot, ids, "r02") == 0
+    for image_id in ("b", "d"):
+        _save(s, image_id, "r01", seen=None if image_id == "d" else (DISC, FOVEA))
+    assert store.first_unread(s.snapshot(), ids, "r01") == 4
+
+
+def test_the_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a"))
+    path.chmod(0o640)
+    _save(store.AnnotationStore(path), "b", "r01", seen=None)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def _grade(path: str, grader: str, image_ids: list[str]) -> None:
+    """One grader process: saves every image, each a different finding."""
+    s = store.AnnotationStore(path)
+    for k, image_id in enumerate(image_ids):
+        for _ in range(50):
+            try:
+                seen = s.snapshot().centres(image_id)
+                s.save(image_id, file=f"images/{image_id}.jpg", split="train", disc=DISC, fovea=FOVEA,
+                       annotator=grader, findings={"drusen": ["macula"]} if k % 2 else {}, centres_seen=seen)
+                break
+            except store.CentresChanged:  # another grader created the line between our look and our save
+                continue
+
+
+def test_concurrent_graders_lose_no_line_and_no_entry(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("pre", annotators=("r99",)))
+    ids = [f"img-{k}" for k in range(8)]
+    graders = ["g1", "g2", "g3", "g4"]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_grade, args=(str(path), g, ids[k:] + ids[:k])) for k, g in enumerate(graders)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    records = _accepted(path)
+    assert set(records) == {"pre", *ids}
+    for image_id in ids:
+        assert sorted(g.annotator for g in records[image_id].graders) == graders
+    assert [g.annotator for g in records["pre"].graders] == ["r99"]
+    assert path.read_bytes().startswith(_line("pre", annotators=("r99",)))
+
+
+def _save_and_die(path: str) -> None:
+    """A writer killed between writing its temporary file and renaming it."""
+    os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+    _save(store.AnnotationStore(path), "b", "r01", {"drusen": ["macula"]}, seen=None)
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    before = _line("a") + _line("z")
+    path.write_bytes(before)
+    child = multiprocessing.get_context("spawn").Process(target=_save_and_die, args=(str(path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    leftovers = list(tmp_path.glob(".annotations.jsonl.*.tmp"))
+    assert len(leftovers) == 1 and b'"b"' in leftovers[0].read_bytes()  # it had written everything
+    _save(store.AnnotationStore(path), "c", "r01", seen=None)  # the lock died with the writer
+    assert list(tmp_path.glob(".annotations.jsonl.*.tmp")) == []
+    assert set(_accepted(path)) == {"a", "c", "z"}
+
+
+def test_a_failed_rename_leaves_the_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a"))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _save(store.AnnotationStore(path), "a", "r02", {"drusen": ["macula"]})
+    assert path.read_bytes() == _line("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.jsonl", "annotations.jsonl.lock"]
+
+
+def _save_one(path: str, ready) -> None:
+    s = store.AnnotationStore(path)
+    ready.set()
+    _save(s, "b", "r01", seen=None)
+
+
+def test_a_save_waits_for_the_lock_held_by_another_process(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a"))
+    s = store.AnnotationStore(path)
+    fd = os.open(s.lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    child = context.Process(target=_save_one, args=(str(path), ready))
+    child.start()
+    try:
+        assert ready.wait(60)
+        time.sleep(0.5)
+        assert child.is_alive() and path.read_bytes() == _line("a")
+    finally:
+        os.close(fd)
+    child.join(60)
+    assert child.exitcode == 0 and set(_accepted(path)) == {"a", "b"}
