@@ -38,7 +38,6 @@ def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[st
         "region_bits": rng.integers(0, 256, (b,), dtype=np.int32),
         "label": rng.integers(0, 2, (b,)).astype(np.float32),
         "weight": np.ones((b,), np.float32),
-        "record_index": np.arange(b, dtype=np.int32),
     }
 
 
@@ -54,6 +53,16 @@ class Setup:
         self.tx = trainer.make_optimizer(config)
         self.sharding = NamedSharding(self.mesh, P(trainer.AXIS))
         self.batch = pipeline.to_global(random_batch(config), self.sharding)
+        self._train_steps: dict[bool, Any] = {}
+
+    def train_step(self, augment: bool = True) -> Any:
+        """The compiled train step, with or without on-device augmentation; compiled once."""
+        if augment not in self._train_steps:
+            config = self.config.copy_and_resolve_references()
+            config.augment.enabled = augment
+            step = trainer.make_train_step(self.model, self.tx, config, self.mesh)
+            self._train_steps[augment] = step.lower(self.fresh_state(), self.batch).compile()
+        return self._train_steps[augment]
 
     def fresh_state(self) -> trainer.TrainState:
         return trainer.create_train_state(self.model, self.tx, self.config, self.mesh)
@@ -65,19 +74,16 @@ class Setup:
 
 def time_train_step(setup: Setup, *, steps: int, repeats: int, augment: bool = True) -> dict[str, Any]:
     """Median ms/step and img/s of the full train step, and its FLOPs from XLA's cost analysis."""
-    config = setup.config.copy_and_resolve_references()
-    config.augment.enabled = augment
-    step = trainer.make_train_step(setup.model, setup.tx, config, setup.mesh)
-    state = setup.fresh_state()
-    flops = timing.flops_per_step(step.lower(state, setup.batch).compile())
-    holder = {"state": state}
+    step = setup.train_step(augment)
+    flops = timing.flops_per_step(step)
+    holder = {"state": setup.fresh_state()}
 
     def run() -> Any:
         holder["state"], metrics = step(holder["state"], setup.batch)
         return metrics
 
     result = timing.summary(timing.timed_repeats(run, jax.block_until_ready, iterations=steps, repeats=repeats),
-                            config.batch_size)
+                            setup.config.batch_size)
     finite = bool(np.isfinite(float(run()["loss"])))
     result.update(augment=augment, finite_loss=finite,
                   gflops_per_image=None if flops is None else flops / setup.per_device_batch / 1e9)
@@ -100,7 +106,9 @@ def time_eval_step(setup: Setup, *, steps: int, repeats: int) -> dict[str, Any]:
     """Median img/s of the eval step (no augmentation, activation maps and AIR terms out)."""
     step = trainer.make_eval_step(setup.model, setup.config, setup.mesh)
     state = setup.fresh_state()
-    seconds = timing.timed_repeats(lambda: step(state, setup.batch), jax.block_until_ready,
+    index = np.arange(setup.config.batch_size, dtype=np.int32)
+    batch = dict(setup.batch, record_index=jax.device_put(index, setup.sharding))
+    seconds = timing.timed_repeats(lambda: step(state, batch), jax.block_until_ready,
                                    iterations=steps, repeats=repeats)
     return timing.summary(seconds, setup.config.batch_size)
 
@@ -108,7 +116,7 @@ def time_eval_step(setup: Setup, *, steps: int, repeats: int) -> dict[str, Any]:
 def loader_throughput(setup: Setup, source: Any, *, steps: int, repeats: int) -> dict[str, Any]:
     """img/s of the train step fed by the real host pipeline from prepared records."""
     config = setup.config
-    step = trainer.make_train_step(setup.model, setup.tx, config, setup.mesh)
+    step = setup.train_step()
     example = pipeline.FindingExample(config.finding, config.min_votes)
     stream = iter(pipeline.train_dataset(source, example, global_batch=config.batch_size, seed=config.seed,
                                          threads=config.loader_threads, prefetch_batches=config.prefetch_batches))
