@@ -386,7 +386,13 @@
     const press = st.press;
     st.press = null;
     if (!press) return;
-    if (press.moved) { renderPanel(); return; }
+    if (press.moved) {
+      const n = st.view.other_graders;
+      // Their regions were clicked against the old centres; the grader should know they move too.
+      if (n) say(`Moving the ${press.marker} also moves the regions of the ${n} other grader${n > 1 ? "s" : ""} of this photograph.`);
+      renderPanel();
+      return;
+    }
     if (!mapIsCurrent()) { say("The regions are still being drawn; click again."); return; }
     toggleRegion(regionAt(pointer(event)));
   });
