@@ -237,3 +237,77 @@ def test_a_save_waits_for_the_lock_held_by_another_process(tmp_path):
         os.close(fd)
     child.join(60)
     assert child.exitcode == 0 and set(_accepted(path)) == {"a", "b"}
+
+
+def test_the_line_merged_is_the_one_the_reader_keeps(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    rejected = json.dumps({**json.loads(_line("a")), "split": "val"}).encode() + b"\n"  # the reader skips it
+    kept = _line("a", annotators=("r03", "r04"), disc=(10.0, 20.0))
+    path.write_bytes(rejected + kept)
+    s = store.AnnotationStore(path)
+    assert s.snapshot().centres("a") == ((10.0, 20.0), FOVEA)
+    _save(s, "a", "r01", {"drusen": ["macula"]}, seen=((10.0, 20.0), FOVEA), disc=(10.0, 20.0))
+    assert path.read_bytes().startswith(rejected)
+    record = _accepted_after_rejections(path, [1])["a"]
+    assert [g.annotator for g in record.graders] == ["r03", "r04", "r01"]
+
+
+def test_a_placeholder_line_without_readings_gets_the_first_reading(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    placeholder = json.dumps({**json.loads(_line("a")), "annotations": []}).encode() + b"\n"
+    path.write_bytes(placeholder)
+    _save(store.AnnotationStore(path), "a", "r01")
+    assert [g.annotator for g in _accepted(path)["a"].graders] == ["r01"]
+    assert len(path.read_bytes().splitlines()) == 1
+
+
+def test_a_line_with_a_repeated_key_is_left_alone(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    repeated = _line("a").rstrip(b"}\n") + b', "split": "test"}\n'  # the reader rejects it; which split is meant?
+    path.write_bytes(repeated)
+    s = store.AnnotationStore(path)
+    assert s.snapshot().centres("a") is None
+    _save(s, "a", "r01", seen=None)
+    assert path.read_bytes().startswith(repeated)
+    assert _accepted_after_rejections(path, [1])["a"].split == "train"
+
+
+def test_a_line_naming_its_file_another_way_is_still_the_images(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(json.dumps({**json.loads(_line("a")), "file": "./images//a.jpg"}).encode() + b"\n")
+    _save(store.AnnotationStore(path), "a", "r02", {"drusen": ["macula"]})
+    record = _accepted(path)["a"]
+    assert record.file == "./images//a.jpg" and [g.annotator for g in record.graders] == ["r01", "r02"]
+    with pytest.raises(store.StoreError, match="already names"):
+        _save(store.AnnotationStore(path), "a", "r02", file="images/b.jpg")
+
+
+def test_values_json_or_utf_8_cannot_hold_as_such(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a").rstrip(b"}\n") + b', "lens": "\\ud800 \xc3\xa9"}\n' + _line("b"))
+    _save(store.AnnotationStore(path), "a", "r02")  # a lone surrogate, escaped in the file, stays escaped
+    assert _accepted(path)["a"].extra["lens"] == "\ud800 é"
+    nan = _line("b").rstrip(b"}\n") + b', "exposure": NaN}\n'
+    path.write_bytes(nan)
+    with pytest.raises(store.StoreError, match="NaN"):
+        _save(store.AnnotationStore(path), "b", "r02")
+    assert path.read_bytes() == nan
+
+
+def test_the_temporary_file_is_on_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(_line("a"))
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(store.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or fsync(fd))
+    monkeypatch.setattr(store.os, "replace", lambda *a: events.append(("replace",)) or replace(*a))
+    _save(store.AnnotationStore(path), "b", "r01", seen=None)
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert pathlib.Path(events[0][1]).name.startswith(".annotations.jsonl.") and events[2][1] == str(tmp_path)
+
+
+def _accepted_after_rejections(path: pathlib.Path, rejected: list[int]) -> dict[str, annotations.Record]:
+    result = annotations.read_annotations(path)
+    assert [r.line_number for r in result.rejections] == rejected
+    return {r.image_id: r for r in result.records}

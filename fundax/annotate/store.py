@@ -10,7 +10,9 @@ or the new one, never a mix.
 Every other line, valid or not, is kept byte for byte. In the changed line the
 other graders' entries and any extra keys keep their values and key order (JSON
 whitespace may change). A line is only written if the dataset reader
-(:func:`fundax.data.annotations_lib.parse_line`) accepts it.
+(:func:`fundax.data.annotations_lib.parse_line`) accepts it. The line of an image
+is the one the reader keeps: the first line with its id that the reader accepts,
+else (a placeholder, say, with centres and no reading yet) the first with its id.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import pathlib
+import posixpath
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,9 +63,10 @@ class Snapshot:
         """(disc, fovea) of the line of ``image_id``, if it has usable ones."""
         line = self.lines.get(image_id)
         try:
-            return _point(line["disc"]), _point(line["fovea"])  # type: ignore[index]
-        except (TypeError, KeyError, ValueError):
+            disc, fovea = _point(line["disc"]), _point(line["fovea"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError, OverflowError):
             return None
+        return (disc, fovea) if all(map(math.isfinite, disc + fovea)) else None
 
 
 def _point(value: Any) -> Point:
@@ -81,25 +86,54 @@ def _physical_lines(data: bytes) -> list[bytes]:
     return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
-def _loads(raw: bytes, first: bool = False) -> dict[str, Any] | None:
-    """The JSON object of one physical line, or None for a blank, broken or non-object line.
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # As in the reader: a repeated key makes the line broken, rather than letting the last one win.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
 
-    As in the reader, a byte order mark is only ignored at the start of the file.
-    """
+
+def _decode(raw: bytes, first: bool) -> str:
+    """The text of one physical line; as in the reader, a byte order mark is only ignored at the start of the file."""
+    return raw.decode("utf-8-sig" if first else "utf-8")
+
+
+def _loads(raw: bytes, first: bool = False) -> dict[str, Any] | None:
+    """The JSON object of one physical line, or None for a blank, broken or non-object line."""
     try:
-        obj = json.loads(raw.decode("utf-8-sig" if first else "utf-8"))
+        obj = json.loads(_decode(raw, first), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
 
-def _index(lines: Sequence[bytes]) -> dict[str, int]:
-    """Image id → position of its first line that parses as an object (the one the reader keeps)."""
-    index: dict[str, int] = {}
+def _accepted(raw: bytes, first: bool, manual_dir: pathlib.Path) -> bool:
+    """Whether the dataset reader accepts this line (as a first line with its image id)."""
+    try:
+        record = annotations_lib.parse_line(_decode(raw, first))
+        annotations_lib.resolve_image_path(manual_dir, record.file)
+    except (UnicodeDecodeError, annotations_lib.AnnotationError):
+        return False
+    return True
+
+
+def _index(lines: Sequence[bytes], manual_dir: pathlib.Path) -> dict[str, int]:
+    """Image id → position of its line: the first with the id the reader accepts, else the first with the id.
+
+    The reader skips a rejected line and keeps a later one with the same id, so
+    writing into the first would leave the other graders' line a rejected duplicate.
+    """
+    positions: dict[str, list[int]] = {}
     for k, raw in enumerate(lines):
         obj = _loads(raw, first=k == 0)
         if obj is not None and isinstance(obj.get("image_id"), str):
-            index.setdefault(obj["image_id"], k)
+            positions.setdefault(obj["image_id"], []).append(k)
+    index = {}
+    for image_id, ks in positions.items():
+        # One line per id is the rule; only a repeated id needs the reader's full checks.
+        accepted = (k for k in ks if len(ks) > 1 and _accepted(lines[k], k == 0, manual_dir))
+        index[image_id] = next(accepted, ks[0])
     return index
 
 
@@ -112,8 +146,8 @@ def canonical_findings(found: Mapping[str, Sequence[str]]) -> dict[str, list[str
     for name, names in found.items():
         if name not in findings_lib.FINDINGS:
             raise StoreError(f"unknown finding {name!r}; valid findings are: {', '.join(findings_lib.FINDINGS)}")
-        if isinstance(names, str) or not names:
-            raise StoreError(f"finding {name!r} needs a non-empty list of regions, got {names!r}")
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+            raise StoreError(f"finding {name!r} needs a non-empty list of regions (names), got {names!r}")
         try:
             out[name] = list(regions_lib.bits_to_regions(regions_lib.regions_to_bits(names)))
         except regions_lib.RegionError as e:
@@ -134,14 +168,15 @@ def merge_entry(
 ) -> dict[str, Any]:
     """The line of ``image_id`` with ``annotator``'s findings and the given centres; pure.
 
-    A new line gets ``file`` and ``split``; an existing one keeps its own, its other
+    A new line gets ``file`` and ``split``; an existing one (whose ``file`` must name
+    the same path, normalised) keeps its own, its other
     graders' entries, the extra keys of this grader's entry, and every extra key.
     """
     found = canonical_findings(findings)
     if line is None:
         return {"image_id": image_id, "file": file, "split": split, "disc": list(disc), "fovea": list(fovea),
                 "annotations": [{"annotator": annotator, "findings": found}]}
-    if line.get("file") != file:
+    if not isinstance(line.get("file"), str) or posixpath.normpath(line["file"]) != posixpath.normpath(file):
         raise StoreError(f"image id {image_id!r} already names {line.get('file')!r} in the annotations file,"
                          f" not {file!r}")
     merged = dict(line)
@@ -158,7 +193,17 @@ def merge_entry(
 
 
 def _dump(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    """One line of JSON, UTF-8 text where it can be (a lone surrogate stays escaped)."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise StoreError(f"the line of {obj.get('image_id')!r} holds NaN or Infinity, which JSON cannot:"
+                         " mend it in the file first") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, allow_nan=False)
+    return text
 
 
 class AnnotationStore:
@@ -181,7 +226,8 @@ class AnnotationStore:
         if cached is not None and cached[0] == key:
             return cached[1]
         lines = _physical_lines(self.path.read_bytes())
-        by_id = {image_id: _loads(lines[k], k == 0) or {} for image_id, k in _index(lines).items()}
+        by_id = {image_id: _loads(lines[k], k == 0) or {}
+                 for image_id, k in _index(lines, self.path.parent).items()}
         by_file = {os.path.normpath(obj["file"]): i for i, obj in by_id.items() if isinstance(obj.get("file"), str)}
         snap = Snapshot(by_id, by_file)
         self._cache = (key, snap)
@@ -221,7 +267,7 @@ class AnnotationStore:
             self._remove_stale_temporaries()
             data = self.path.read_bytes() if self.path.exists() else b""
             lines = _physical_lines(data)
-            at = _index(lines).get(image_id)
+            at = _index(lines, self.path.parent).get(image_id)
             old = _loads(lines[at], at == 0) if at is not None else None
             now = Snapshot({image_id: old}, {}).centres(image_id) if old is not None else None
             seen = None if centres_seen is None else (_point(centres_seen[0]), _point(centres_seen[1]))
