@@ -57,7 +57,12 @@ def _client(manual: pathlib.Path, grader: str = "r01") -> TestClient:
 
 
 def _reading(findings=None, disc=(20.0, 18.0), fovea=(45.0, 20.0), seen=None) -> str:
-    return json.dumps({"findings": findings or {}, "disc": list(disc), "fovea": list(fovea), "centres_seen": seen})
+    disc = disc if isinstance(disc, str) else list(disc)
+    return json.dumps({"findings": findings or {}, "disc": disc, "fovea": list(fovea), "centres_seen": seen})
+
+
+def _get(client: TestClient, path: str):
+    return client.get(path, headers={app_lib.TOKEN_HEADER: TOKEN})
 
 
 def _post(client: TestClient, index: int, body: str, token: str | None = TOKEN):
@@ -99,6 +104,18 @@ def test_changing_data_needs_the_session_token(manual):
     assert TOKEN in client.get("/").text  # the tool's own page holds it
 
 
+@pytest.mark.parametrize("path", ["/api/session", "/api/photos/0",
+                                  "/api/photos/0/regions?disc=1,1&fovea=50,30&width=10&height=10"])
+def test_reading_the_api_needs_the_session_token_too(manual, path):
+    # Another web page can send a plain GET (an <img>), but not this header: it must not set the
+    # tool computing region maps for it (up to 16M cells, seconds and most of a GB each).
+    client = _client(manual)
+    for token in (None, "wrong"):
+        response = client.get(path, headers={} if token is None else {app_lib.TOKEN_HEADER: token})
+        assert response.status_code == 403
+    assert _get(client, path).status_code == 200
+
+
 @pytest.mark.parametrize("path", [
     "/photos/%2e%2e/annotations.jsonl",
     "/photos/sub/%2e%2e/%2e%2e/annotations.jsonl",
@@ -121,7 +138,7 @@ def test_a_file_named_like_a_photograph_is_not_served(manual):
     response = client.get("/photos/fake.jpg")
     assert response.status_code == 400 and "not an image" in response.json()["error"]
     assert b"a text file" not in response.content
-    view = client.get("/api/photos/1").json()  # the page is told why, and can move past it
+    view = _get(client, "/api/photos/1").json()  # the page is told why, and can move past it
     assert view["file"] == "images/fake.jpg" and "not a readable image" in view["problem"]
 
 
@@ -147,8 +164,9 @@ def test_photographs_are_served_as_fundax_decodes_them(manual):
 
 def test_a_foreign_host_header_is_refused_and_pages_carry_security_headers(manual):
     client = _client(manual)
-    assert client.get("/api/session", headers={"Host": "attacker.example"}).status_code == 400
-    response = client.get("/api/session")
+    foreign = {"Host": "attacker.example", app_lib.TOKEN_HEADER: TOKEN}
+    assert client.get("/api/session", headers=foreign).status_code == 400
+    response = _get(client, "/api/session")
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'self'" in response.headers["content-security-policy"]
     assert app_lib.allowed_hosts("0.0.0.0") == ["*"]
@@ -165,7 +183,7 @@ def test_a_foreign_host_header_is_refused_and_pages_carry_security_headers(manua
 ])
 def test_the_region_map_is_fundax_regions_on_the_canvas_grid(manual, disc, fovea, grid_w, grid_h):
     query = f"disc={disc[0]},{disc[1]}&fovea={fovea[0]},{fovea[1]}&width={grid_w}&height={grid_h}"
-    response = _client(manual).get(f"/api/photos/0/regions?{query}")
+    response = _get(_client(manual), f"/api/photos/0/regions?{query}")
     assert response.status_code == 200
     body = response.json()
     ids = np.frombuffer(base64.b64decode(body["ids"]), np.uint8).reshape(grid_h, grid_w)
@@ -185,26 +203,26 @@ def test_the_region_map_is_fundax_regions_on_the_canvas_grid(manual, disc, fovea
     ("disc=1,1&width=10&height=10", "want ?disc"),
 ])
 def test_bad_region_map_requests_say_why(manual, query, reason):
-    response = _client(manual).get(f"/api/photos/0/regions?{query}")
+    response = _get(_client(manual), f"/api/photos/0/regions?{query}")
     assert response.status_code == 400 and reason in response.json()["error"]
 
 
 def test_a_reading_is_saved_merged_and_read_back(manual):
     client = _client(manual)
-    assert client.get("/api/session").json()["resume"] == 0
+    assert _get(client, "/api/session").json()["resume"] == 0
     view = _post(client, 2, _reading({"rnfl_defect": ["superotemporal"]}, (40.0, 20.0), (15.0, 21.0),
                                      seen=[[40.0, 20.0], [15.0, 21.0]])).json()
     assert view["findings"] == {"rnfl_defect": ["superotemporal"]} and view["other_graders"] == 1
     assert view["read"] == 1 and view["split"] == "test"
     normal = _post(client, 0, _reading(disc=(20.04, 18.0))).json()
     assert normal["findings"] == {} and normal["disc"] == [20.04, 18.0] and normal["read"] == 2
-    assert client.get("/api/session").json()["resume"] == 1
+    assert _get(client, "/api/session").json()["resume"] == 1
     result = annotations.read_annotations(manual / "annotations.jsonl")
     assert result.rejections == []
     by_id = {r.image_id: r for r in result.records}
     assert [g.annotator for g in by_id["b-1"].graders] == ["r02", "r01"]
     assert by_id["a"].file == "images/a.png" and by_id["a"].split == "train"
-    assert _client(manual, "r02").get("/api/session").json()["resume"] == 0  # r02 read only b
+    assert _get(_client(manual, "r02"), "/api/session").json()["resume"] == 0  # r02 read only b
 
 
 @pytest.mark.parametrize("body, status, reason", [
@@ -213,6 +231,11 @@ def test_a_reading_is_saved_merged_and_read_back(manual):
     (_reading(disc=(61.0, 1.0)), 400, "disc (61, 1) lies outside the image"),
     (_reading(disc=(45.0, 20.0)), 400, "coincide"),
     (json.dumps({"findings": {}, "disc": [1, 2]}), 400, "fovea must be [x, y]"),
+    (_reading({"drusen": [["macula"]]}), 400, "non-empty list of regions (names)"),
+    (_reading(disc="12"), 400, "disc must be [x, y]"),
+    (_reading(disc=(10 ** 400, 1)), 400, "disc must be [x, y]"),
+    (_reading(seen=[[20.0, 18.0], 5]), 400, "centres_seen must be [disc, fovea]"),
+    (_reading(seen=[[20.0, 18.0], "ab"]), 400, "centres_seen must be [disc, fovea]"),
     ("[1, 2]", 400, "must be a JSON object"),
     ("{", 400, "not JSON"),
     ("x" * (app_lib.MAX_BODY_BYTES + 1), 400, "over"),
@@ -224,6 +247,13 @@ def test_bad_readings_are_refused_and_change_nothing(manual, body, status, reaso
     assert (manual / "annotations.jsonl").read_bytes() == before
 
 
+def test_a_line_with_centres_json_cannot_hold_is_shown_without_them(manual):
+    path = manual / "annotations.jsonl"
+    path.write_text(path.read_text().replace("[40.0, 20.0]", "[NaN, 20.0]"))
+    response = _get(_client(manual), "/api/photos/2")
+    assert response.status_code == 200 and response.json()["disc"] is None
+
+
 def test_saving_over_centres_another_grader_moved_is_a_conflict(manual):
     response = _post(_client(manual), 2, _reading(seen=[[41.0, 20.0], [15.0, 21.0]]))
     assert response.status_code == 409 and "reload" in response.json()["error"]
@@ -231,7 +261,7 @@ def test_saving_over_centres_another_grader_moved_is_a_conflict(manual):
 
 def test_unknown_photographs_are_not_found(manual):
     client = _client(manual)
-    assert client.get("/api/photos/3").status_code == 404
+    assert _get(client, "/api/photos/3").status_code == 404
     assert _post(client, 99, _reading()).status_code == 404
 
 
@@ -260,6 +290,9 @@ def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_
                                                                                    f"{tmp_path}/no/a.jsonl"],
         f"--images {empty}: holds no photographs": ["--images", str(empty), "--out", out],
         "--grader 'r 01': want 1 to 64 characters": ["--images", images, "--out", out, "--grader", "r 01"],
+        # A name that is not UTF-8 (a lone surrogate) could be neither shown on the page nor written.
+        "--grader 'r\\udcff01': want 1 to 64 characters": ["--images", images, "--out", out, "--grader",
+                                                           "r\udcff01"],
         f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)": [
             "--images", images, "--out", out, "--port", str(port)],
     }

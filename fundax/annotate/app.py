@@ -7,10 +7,12 @@ click toggles the region of the cell under the pointer. So the overlay and the
 regions saved are the ones training will use.
 
 Safety: only the session's photographs are served, decoded and re-encoded, so
-nothing but image pixels leaves the images folder; every request other than
-GET/HEAD needs the session token, which only the tool's own page holds (another
-web page cannot read it); the Host header must name the address served, which
-stops DNS-rebinding pages.
+nothing but image pixels leaves the images folder; every request to ``/api/``, and
+every one other than GET/HEAD, needs the session token, which only the tool's own
+page holds (another web page cannot read it, nor send the header without the
+tool's consent, so it can neither change data nor set the tool computing region
+maps); the Host header must name the address served, which stops DNS-rebinding
+pages.
 """
 
 from __future__ import annotations
@@ -151,8 +153,10 @@ def _view(session: Session, photo: catalogue.Photo) -> dict[str, Any]:
 def _xy(value: Any, name: str, width: float, height: float) -> tuple[float, float]:
     """A point [x, y] inside the image, as given (centres from the file keep their precision)."""
     try:
+        if isinstance(value, str):  # "12" would unpack into 1 and 2
+            raise TypeError
         x, y = (float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"{name} must be [x, y], got {value!r}") from None
     if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= width and 0 <= y <= height):
         raise BadRequest(f"{name} ({x:g}, {y:g}) lies outside the image: x in [0, {width}], y in [0, {height}]")
@@ -235,10 +239,14 @@ def save_reading(session: Session, photo: catalogue.Photo, body: dict[str, Any])
         raise BadRequest(f"findings must be an object of finding → regions, got {found!r}")
     disc, fovea = _centres(body.get("disc"), body.get("fovea"), width, height)
     seen = body.get("centres_seen")
-    if seen is not None and not (isinstance(seen, list) and len(seen) == 2):
-        raise BadRequest(f"centres_seen must be [disc, fovea] or null, got {seen!r}")
+    if seen is not None:
+        try:  # the centres as the file had them, which need not lie inside the image
+            (dx, dy), (fx, fy) = seen
+            seen = (float(dx), float(dy)), (float(fx), float(fy))
+        except (TypeError, ValueError, OverflowError):
+            raise BadRequest(f"centres_seen must be [disc, fovea] or null, got {seen!r}") from None
     session.store.save(photo.image_id, file=photo.file, split=session.split, disc=disc, fovea=fovea,
-                       annotator=session.grader, findings=found, centres_seen=None if seen is None else tuple(seen))
+                       annotator=session.grader, findings=found, centres_seen=seen)
     return _view(session, photo)
 
 
@@ -279,7 +287,8 @@ def _route(session: Session, handler: Handler) -> Callable[[Request], Awaitable[
 
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]], token: str) -> Response:
     supplied = request.headers.get(TOKEN_HEADER, "")
-    if request.method not in _SAFE_METHODS and not hmac.compare_digest(supplied.encode(), token.encode()):
+    needs_token = request.method not in _SAFE_METHODS or request.url.path.startswith("/api/")
+    if needs_token and not hmac.compare_digest(supplied.encode(), token.encode()):
         response: Response = _error(403, f"missing or wrong {TOKEN_HEADER}: reload the tool's page")
     else:
         response = await call_next(request)

@@ -42,7 +42,7 @@ def is_loopback(host: str) -> bool:
 def open_session(images_dir: str, out: str, grader: str, split: str = "train",
                  token: str | None = None) -> tuple[app_lib.Session, list[str]]:
     """The session for these flags, and warnings to show; UsageError for bad input."""
-    if not GRADER_PATTERN.fullmatch(grader):
+    if not GRADER_PATTERN.fullmatch(grader) or not grader.isprintable():
         raise UsageError(f"--grader {grader!r}: want 1 to 64 characters without spaces or control characters")
     try:
         images, manual = catalogue.check_folders(images_dir, out)
