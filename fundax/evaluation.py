@@ -73,7 +73,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     ckpts = checkpoints.Checkpoints(workdir, read_only=True)
     try:
         step = resolve_step(ckpts, which)
-        checkpoints.check_compatible(ckpts.restore_loop(step), config.finding, config.model_name, workdir)
+        checkpoints.check_compatible(ckpts.restore_loop(step), config.finding, config.model, workdir)
         model, tx = trainer.create_model(config), trainer.make_optimizer(config)
         state, _ = ckpts.restore(step, trainer.abstract_train_state(model, tx, config, mesh))
     finally:
@@ -107,7 +107,7 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     labels = outputs["label"][scored]
     result = {
         "finding": config.finding, "split": split, "checkpoint_step": step,
-        "model_name": config.model_name, "guidance_weight": config.guidance_weight,
+        "model_name": config.model, "guidance_weight": config.guidance_weight,
         **metrics.evaluation_metrics(labels, outputs["probability"][scored],
                                      outputs["air_inside"][scored], outputs["air_total"][scored]),
         "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum()),

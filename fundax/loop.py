@@ -90,8 +90,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.eval_every_steps > 0 and config.log_every_steps > 0 and config.eval_every_steps % config.log_every_steps:
         problems.append(f"eval_every_steps {config.eval_every_steps} must be a multiple of "
                         f"log_every_steps {config.log_every_steps}")
-    if config.image_size % 16:
-        problems.append(f"image_size {config.image_size} must be a multiple of 16 (four stride-2 reductions)")
+    try:
+        trainer.check_model(config)
+    except ValueError as e:
+        problems.append(str(e))
     if config.guidance_weight < 0:
         problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
     if config.learning_rate <= 0:
@@ -141,7 +143,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep)
     restored = ckpts.restore_latest_intact(
         trainer.abstract_train_state(model, tx, config, mesh), data_iter,
-        check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model_name, workdir))
+        check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir))
     if restored is not None:
         state, loop_json, resumed_at = restored
         loop = trainer.LoopState.from_json(loop_json)
@@ -150,7 +152,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     else:
         resumed_at = 0
         state = trainer.create_train_state(model, tx, config, mesh)
-        loop = trainer.LoopState(config.finding, config.model_name, float(config.learning_rate))
+        loop = trainer.LoopState(config.finding, config.model, float(config.learning_rate))
         sums = {}
     if process == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

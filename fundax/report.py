@@ -5,7 +5,8 @@
 
 Each RUN_DIR is a training workdir evaluated with ``python -m fundax.evaluate``.
 Writes ``table1.md`` and ``table1.csv`` (findings × models: AUROC, AIR on true
-positives and on false negatives, the best of each row in bold), ``delong.csv``
+positives and on false negatives, the best of each row in bold, mean ± sd where a
+model has several runs of a finding, e.g. seeds), ``delong.csv``
 (for every two runs of one finding, the paired DeLong test of their AUROCs on the
 examples both scored), ``roc.png``, and with ``--figure3`` one Fig. 3 panel per finding.
 """
@@ -50,7 +51,7 @@ class Run:
     @property
     def model(self) -> str:
         """The paper's column: Inception-v3, or the guided CNN with or without guidance."""
-        if self.config.get("model_name") == "inception_v3":
+        if self.config.get("model") == "inception_v3":
             return "Inception-v3"
         return "With" if self.config.get("guidance_weight", 1.0) > 0 else "Without"
 
@@ -71,7 +72,11 @@ def load_run(workdir: str | pathlib.Path, split: str) -> Run:
 
 
 def table1(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per finding (the paper's order first): per model and column, the mean over runs."""
+    """One row per finding (the paper's order first): per model and column, the mean over runs.
+
+    Keys ``KEY/MODEL`` (the mean, None without values), ``KEY/MODEL/sd`` (the sample standard
+    deviation over runs, e.g. seeds; None for fewer than two) and ``KEY/MODEL/n``.
+    """
     order = list(findings.PAPER_FINDINGS) + [f for f in findings.FINDINGS if f not in findings.PAPER_FINDINGS]
     models = [m for m in MODEL_ORDER if any(r.model == m for r in runs)]
     rows = []
@@ -84,6 +89,7 @@ def table1(runs: list[Run]) -> list[dict[str, Any]]:
             for model in models:
                 values = [r.metrics[key] for r in mine if r.model == model and r.metrics.get(key) is not None]
                 row[f"{key}/{model}"] = statistics.fmean(values) if values else None
+                row[f"{key}/{model}/sd"] = statistics.stdev(values) if len(values) > 1 else None
                 row[f"{key}/{model}/n"] = len(values)
         rows.append(row)
     return rows
@@ -94,21 +100,23 @@ def _models(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def table1_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paper's Table 1 layout; the best value of each row and column group in bold."""
+    """The paper's Table 1 layout; the best value of each row and column group in bold.
+
+    A value over several runs reads ``mean ± sd (n=runs)``. Inception-v3 gets AIR columns
+    too (from its class activation map), which the paper's table does not have.
+    """
     models = _models(rows)
-    head = ["Findings"] + [f"{title} {m}" for key, title in COLUMNS for m in models
-                           if key == "auroc" or m != "Inception-v3"]
+    head = ["Findings"] + [f"{title} {m}" for _, title in COLUMNS for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [findings.get_finding(row["finding"]).display_name]
         for key, _ in COLUMNS:
-            group = [m for m in models if key == "auroc" or m != "Inception-v3"]
-            values = {m: row[f"{key}/{m}"] for m in group}
+            values = {m: row[f"{key}/{m}"] for m in models}
             best = max((v for v in values.values() if v is not None), default=None)
-            for m in group:
-                v, n = values[m], row[f"{key}/{m}/n"]
-                text = "–" if v is None else f"{v:.4f}" + (f" (n={n})" if n > 1 else "")
-                cells.append(f"**{text}**" if v is not None and v == best and len(group) > 1 else text)
+            for m in models:
+                v, sd, n = values[m], row[f"{key}/{m}/sd"], row[f"{key}/{m}/n"]
+                text = "–" if v is None else f"{v:.4f}" + (f" ± {sd:.4f} (n={n})" if n > 1 else "")
+                cells.append(f"**{text}**" if v is not None and v == best and len(models) > 1 else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -136,7 +144,8 @@ def delong_pairs(runs: list[Run], split: str) -> list[dict[str, Any]]:
     return results
 
 
-def _write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of dicts as CSV, the columns in order of first appearance; empty rows give an empty file."""
     if not rows:
         path.write_text("")
         return
@@ -217,9 +226,9 @@ def main(argv: list[str]) -> int:
         rows = table1(runs)
         markdown = table1_markdown(rows)
         (out_dir / "table1.md").write_text(markdown)
-        _write_csv(out_dir / "table1.csv", rows)
+        write_csv(out_dir / "table1.csv", rows)
         pairs = delong_pairs(runs, FLAGS.split)
-        _write_csv(out_dir / "delong.csv", pairs)
+        write_csv(out_dir / "delong.csv", pairs)
         curves = []
         for run in runs:
             from sklearn.metrics import roc_curve

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from fundax import losses
 from fundax.data import augment
-from fundax.models import guided_cnn
+from fundax.models import guided_cnn, inception_v3
 
 AXIS = "data"
 
@@ -48,21 +49,53 @@ def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
 
 
-def create_model(config: ml_collections.ConfigDict) -> guided_cnn.GuidedCNN:
+MODELS = ("guided_cnn", "inception_v3")
+"""The values of ``config.model``."""
+
+
+def check_model(config: ml_collections.ConfigDict) -> None:
+    """The model name, and what its architecture asks of the image size and the loss."""
+    if not isinstance(config.model, str) or config.model not in MODELS:
+        # A config.json written before config.model named the model holds a section there.
+        got = repr(config.model) if isinstance(config.model, str) else f"a {type(config.model).__name__}"
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {got}")
+    if config.model == "guided_cnn" and config.image_size % guided_cnn.TOTAL_STRIDE:
+        raise ValueError(f"image_size {config.image_size} must be a multiple of 16 for guided_cnn "
+                         "(four stride-2 reductions)")
+    if config.model == "inception_v3":
+        inception_v3.check_image_size(config.image_size, config.inception_v3.aux_logits)
+        if config.guidance_weight != 0:
+            raise ValueError(f"guidance_weight {config.guidance_weight} with model inception_v3: the baseline "
+                             "is trained with BCE alone, set --config.guidance_weight=0")
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The config's model for its finding, with BatchNorm synchronised over ``data``."""
-    if config.model_name != "guided_cnn":
-        raise ValueError(f"unknown model_name {config.model_name!r}; fundax has 'guided_cnn'")
+    check_model(config)
     if config.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    if config.model == "inception_v3":
+        c = config.inception_v3
+        return inception_v3.InceptionV3(
+            aux_logits=c.aux_logits, width_multiplier=c.width_multiplier, bn_momentum=c.bn_momentum,
+            dtype=jnp.dtype(config.dtype), axis_name=AXIS)
+    c = config.guided_cnn
     return guided_cnn.GuidedCNN.from_finding(
         config.finding,
-        stem_width=config.model.stem_width,
-        units_per_stage=tuple(config.model.units_per_stage),
-        aspp_width=config.model.aspp_width,
-        bn_momentum=config.model.bn_momentum,
+        stem_width=c.stem_width,
+        units_per_stage=tuple(c.units_per_stage),
+        aspp_width=c.aspp_width,
+        bn_momentum=c.bn_momentum,
         dtype=jnp.dtype(config.dtype),
         axis_name=AXIS,
     )
+
+
+def activation_map_size(config: ml_collections.ConfigDict) -> int:
+    """Side of the config's model's activation map, the resolution of the regional masks."""
+    if config.model == "inception_v3":
+        return inception_v3.activation_map_size(config.image_size)
+    return guided_cnn.activation_map_size(config.image_size)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -100,7 +133,7 @@ def set_learning_rate(state: TrainState, value: float) -> TrainState:
 
 
 def create_train_state(
-    model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+    model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
 ) -> TrainState:
     """Initial state, replicated over the mesh; the same on every process (seeded)."""
@@ -118,7 +151,7 @@ def create_train_state(
 
 
 def abstract_train_state(
-    model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+    model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
 ) -> TrainState:
     """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
@@ -142,14 +175,31 @@ def _global_positions(batch: dict[str, jax.Array]) -> jax.Array:
     return jax.lax.axis_index(AXIS) * local + jnp.arange(local)
 
 
-def make_train_step(model: guided_cnn.GuidedCNN, tx: optax.GradientTransformation,
+def training_loss(outputs: dict[str, jax.Array], labels: jax.Array, region_mask: jax.Array, weights: jax.Array,
+                  config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Eq. 3, plus ``inception_v3.aux_weight`` times the auxiliary head's BCE when the model has one.
+
+    The auxiliary term counts in training only, as in the reference; validation losses leave it out.
+    """
+    total, parts = losses.total_loss(
+        logits=outputs["logit"], activation_map=outputs["activation_map"], labels=labels,
+        region_mask=region_mask, weights=weights, guidance_weight=config.guidance_weight,
+        epsilon=config.epsilon)
+    if "aux_logit" in outputs:
+        total = total + config.inception_v3.aux_weight * losses.classification_loss(
+            outputs["aux_logit"], labels, weights)
+        parts = dict(parts, total=total)
+    return total, parts
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """``train_step(state, batch) -> (state, metrics)``, jitted, state donated.
 
     ``batch``: global arrays ``image`` uint8 (B, S, S, 3), ``disc`` and ``fovea``
     (B, 2), ``region_bits`` int32 (B,), ``label`` and ``weight`` float32 (B,).
     """
-    map_size = guided_cnn.activation_map_size(config.image_size)
+    map_size = activation_map_size(config)
     aug = augment_config(config)
     seed = config.seed
 
@@ -168,10 +218,7 @@ def make_train_step(model: guided_cnn.GuidedCNN, tx: optax.GradientTransformatio
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                 mutable=["batch_stats"])
-            total, parts = losses.total_loss(
-                logits=outputs["logit"], activation_map=outputs["activation_map"], labels=batch["label"],
-                region_mask=masks, weights=batch["weight"], guidance_weight=config.guidance_weight,
-                epsilon=config.epsilon)
+            total, parts = training_loss(outputs, batch["label"], masks, batch["weight"], config)
             return total * share, (parts, updates["batch_stats"])
 
         # The params enter replicated; shard_map's autodiff transposes that broadcast
@@ -195,14 +242,14 @@ def make_train_step(model: guided_cnn.GuidedCNN, tx: optax.GradientTransformatio
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(model: guided_cnn.GuidedCNN, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """``eval_step(state, batch) -> per-example outputs``, jitted; no augmentation.
 
     Returns, per example: ``probability``, ``label``, ``weight``, ``record_index``,
     ``activation_map``, the per-example losses ``bce`` and ``guidance``, and the AIR
     terms ``air_inside`` (sum of A inside the regional cue) and ``air_total`` (sum of A).
     """
-    map_size = guided_cnn.activation_map_size(config.image_size)
+    map_size = activation_map_size(config)
 
     def per_device(state: TrainState, batch: dict[str, jax.Array]):
         images, masks = augment.augment_batch(

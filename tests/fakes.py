@@ -45,9 +45,9 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     """A config small enough to compile and step in seconds on a CPU."""
     config = default.get_config()
     config.image_size = 32
-    config.model.stem_width = 4
-    config.model.units_per_stage = (1, 1, 1)
-    config.model.aspp_width = 4
+    config.guided_cnn.stem_width = 4
+    config.guided_cnn.units_per_stage = (1, 1, 1)
+    config.guided_cnn.aspp_width = 4
     config.batch_size = 8
     config.num_train_steps = 4
     config.eval_every_steps = 2
@@ -63,8 +63,9 @@ def train_command(workdir, data_dir, steps, **overrides) -> list[str]:
     import sys
 
     config = {"image_size": 32, "batch_size": 8, "eval_every_steps": 4, "log_every_steps": 1,
-              "checkpoint_every_steps": 2, "model.stem_width": 4, "model.units_per_stage": "(1,1,1)",
-              "model.aspp_width": 4, "loader_threads": 2, "num_train_steps": steps,
+              "checkpoint_every_steps": 2, "guided_cnn.stem_width": 4,
+              "guided_cnn.units_per_stage": "(1,1,1)", "guided_cnn.aspp_width": 4, "loader_threads": 2,
+              "num_train_steps": steps,
               "synthetic.num_train": 40, "synthetic.num_test": 20, **overrides}
     return [sys.executable, "-m", "fundax.train", "--finding=macular_hole", f"--workdir={workdir}",
             f"--data_dir={data_dir}", "--dataset=fundus_findings/synthetic",

@@ -126,3 +126,21 @@ def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
     assert 0 < probability < 1
     assert "bad.png: error:" in done.stderr
     assert (tmp_path / "out" / "eye_macular_hole.png").exists()
+
+
+def test_table1_gives_mean_and_sd_over_seeds_and_inception_air():
+    def run(model, guidance_weight, auroc, air_tp):
+        config = {"finding": "rnfl_defect", "model": model, "guidance_weight": guidance_weight}
+        return report.Run(pathlib.Path("unused"), config, {"auroc": auroc, "air_tp": air_tp, "air_fn": None})
+
+    runs = [run("guided_cnn", 1.0, 0.9, 0.7), run("guided_cnn", 1.0, 0.8, 0.5), run("guided_cnn", 0.0, 0.85, 0.4),
+            run("inception_v3", 0.0, 0.95, 0.3)]
+    assert [r.model for r in runs] == ["With", "With", "Without", "Inception-v3"]
+    (row,) = report.table1(runs)
+    assert row["auroc/With"] == pytest.approx(0.85) and row["auroc/With/n"] == 2
+    assert row["auroc/With/sd"] == pytest.approx(0.05 * 2**0.5)  # sample sd of 0.9 and 0.8
+    assert row["auroc/Without/sd"] is None and row["air_fn/With"] is None
+    markdown = report.table1_markdown([row])
+    assert markdown.splitlines()[2] == (
+        "| RNFL Defect | **0.9500** | 0.8500 ± 0.0707 (n=2) | 0.8500 | 0.3000 | **0.6000 ± 0.1414 (n=2)** | 0.4000 "
+        "| – | – | – |")

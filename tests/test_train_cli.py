@@ -13,7 +13,8 @@ TINY = [
     "--config=experiments/configs/cpu_demo.py",
     "--config.image_size=32", "--config.batch_size=8", "--config.eval_every_steps=2",
     "--config.log_every_steps=1", "--config.synthetic.num_train=40", "--config.synthetic.num_test=8",
-    "--config.model.stem_width=4", "--config.model.units_per_stage=(1,1,1)", "--config.model.aspp_width=4",
+    "--config.guided_cnn.stem_width=4", "--config.guided_cnn.units_per_stage=(1,1,1)",
+    "--config.guided_cnn.aspp_width=4",
     "--config.loader_threads=1",
 ]
 

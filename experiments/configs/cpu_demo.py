@@ -14,9 +14,9 @@ def get_config():
     config.image_size = 128
     config.synthetic.num_train = 1800
     config.synthetic.num_test = 200
-    config.model.stem_width = 16
-    config.model.units_per_stage = (1, 1, 1)
-    config.model.aspp_width = 32
+    config.guided_cnn.stem_width = 16
+    config.guided_cnn.units_per_stage = (1, 1, 1)
+    config.guided_cnn.aspp_width = 32
     config.batch_size = 32
     config.learning_rate = 0.05
     config.num_train_steps = 1200

@@ -10,7 +10,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.finding = "macular_hole"
-    config.model_name = "guided_cnn"
+    # "guided_cnn" (the paper's network, §2.2) or "inception_v3" (its baseline, trained with BCE alone).
+    config.model = "guided_cnn"
 
     # Data: with the synthetic dataset, fundax prepares it on first use.
     config.dataset = "fundus_findings/synthetic"
@@ -26,15 +27,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic.shortcut_finding = ""  # "" = no shortcut artifact
     config.synthetic.shortcut_strength = 0.9
 
-    # Model (paper §2.2): stride-2 stem, residual stages each closed by a reduction layer.
-    config.model = ml_collections.ConfigDict()
-    config.model.stem_width = 32
-    config.model.units_per_stage = (2, 3, 4)
-    config.model.aspp_width = 64
-    config.model.bn_momentum = 0.9
+    # The guided CNN (§2.2): stride-2 stem, residual stages each closed by a reduction layer.
+    config.guided_cnn = ml_collections.ConfigDict()
+    config.guided_cnn.stem_width = 32
+    config.guided_cnn.units_per_stage = (2, 3, 4)
+    config.guided_cnn.aspp_width = 64
+    config.guided_cnn.bn_momentum = 0.9
+    # Inception-v3 (Szegedy et al. 2016), the network of Gulshan et al. the paper compares with.
+    config.inception_v3 = ml_collections.ConfigDict()
+    config.inception_v3.aux_logits = False  # the auxiliary head on mixed_6e; needs image_size >= 299
+    config.inception_v3.aux_weight = 0.4  # its BCE's weight in the training loss, as in the reference
+    config.inception_v3.width_multiplier = 1.0  # scales every conv's channels; < 1 for CPU-scale runs
+    config.inception_v3.bn_momentum = 0.9
     config.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
 
     # Loss (eq. 3): total = BCE + guidance_weight * guidance; 0 = "without guidance".
+    # inception_v3 is the BCE-only baseline: it needs guidance_weight = 0.
     config.guidance_weight = 1.0
     config.epsilon = 1e-3
 
