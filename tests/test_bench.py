@@ -137,6 +137,8 @@ def test_bad_subcommand_and_counts_are_refused(tmp_path):
     assert done.returncode != 0 and "usage: python -m fundax.bench" in done.stderr
     done = _bench(tmp_path, "train", "--repeats=0")
     assert done.returncode != 0 and "--repeats must be >= 1" in done.stderr
+    done = _bench(tmp_path, "torch", "--config.model=inception_v3")
+    assert done.returncode == 1 and "the PyTorch twin is the guided CNN" in done.stderr
 
 
 def test_torch_twin_matches_fundax_architecture_and_loss():

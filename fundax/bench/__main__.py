@@ -125,6 +125,8 @@ def run_torch(config: Any) -> dict[str, Any]:
 
     from fundax.bench import train as tb
 
+    if config.model != "guided_cnn":
+        raise ValueError(f"the PyTorch twin is the guided CNN; --config.model={config.model} has none")
     setup = tb.Setup(config)
     fundax_step = tb.time_train_step(setup, steps=FLAGS.steps, repeats=FLAGS.repeats)
     variants = [tb.time_torch(setup, steps=FLAGS.steps, repeats=FLAGS.repeats, compiled=False)]

@@ -191,7 +191,7 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     def sync(loss: Any) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        float(loss)
+        float(loss.detach())
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -201,7 +201,7 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     result = timing.summary(timing.timed_repeats(lambda: step(batch), sync, iterations=steps, repeats=repeats),
                             config.batch_size)
     result.update(variant="torch.compile" if compiled else "eager", first_step_s=first, torch=torch.__version__,
-                  threads=torch.get_num_threads(), finite_loss=bool(np.isfinite(float(step(batch)))))
+                  threads=torch.get_num_threads(), finite_loss=bool(np.isfinite(float(step(batch).detach()))))
     if device.type == "cuda":
         result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     return result
