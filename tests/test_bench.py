@@ -101,8 +101,67 @@ def _bench(tmp_path, *args):
                       "    return tiny_config(finding='macular_hole')\n")
     # One CPU device: the figures' consistency does not depend on the count, and it compiles faster.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]), XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "fundax.bench", *args, f"--config={config}"],
+    # --config comes first: an override such as --config.model in args must follow it.
+    return subprocess.run([sys.executable, "-m", "fundax.bench", f"--config={config}", *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.fixture
+def bench_cli():
+    """``python -m fundax.bench``'s module in this process, its flags parsed at their defaults."""
+    from absl import flags
+
+    from fundax.bench import __main__ as cli
+
+    was_parsed = flags.FLAGS.is_parsed()
+    if not was_parsed:
+        flags.FLAGS(["bench"])
+    yield cli
+    if not was_parsed:
+        flags.FLAGS.unparse_flags()
+
+
+def test_train_benchmark_peak_memory_is_the_steps_not_the_matmul_peaks(bench_cli, monkeypatch):
+    from fundax.bench import train as tb
+
+    high_water = {"bytes": 0}
+
+    def step(setup, *, steps, repeats, augment=True):
+        high_water["bytes"] = max(high_water["bytes"], 100)
+        return {"ms_per_step": 2.0 if augment else 1.0, "images_per_s": 4.0, "gflops_per_image": None}
+
+    def matmul_peak(dtype):
+        high_water["bytes"] = max(high_water["bytes"], 1000)  # its two square operands and the product
+        return {"tflops": 1.0}
+
+    monkeypatch.setattr(tb, "time_train_step", step)
+    monkeypatch.setattr(tb, "forward_gflops_per_image", lambda setup: None)
+    monkeypatch.setattr(timing, "matmul_peak_tflops", matmul_peak)
+    monkeypatch.setattr(timing, "peak_memory_bytes", lambda: (high_water["bytes"], "fake allocator"))
+    result = bench_cli.run_train(tiny_config(finding="macular_hole"))
+    assert result["peak_memory_bytes"] == 100 and result["augmentation_share"] == pytest.approx(0.5)
+
+
+def test_torch_comparison_runs_fundax_on_one_device_like_torch(bench_cli, monkeypatch):
+    from fundax.bench import train as tb
+
+    assert len(jax.local_devices()) > 1  # conftest's simulated devices
+    meshes = []
+
+    def fundax_step(setup, *, steps, repeats):
+        meshes.append(setup.mesh.size)
+        return {"ms_per_step": 1.0, "images_per_s": 8.0}
+
+    def torch_step(setup, *, steps, repeats, compiled):
+        meshes.append(setup.mesh.size)
+        return {"variant": "torch.compile" if compiled else "eager", "ms_per_step": 2.0, "images_per_s": 4.0}
+
+    monkeypatch.setattr(tb, "time_train_step", fundax_step)
+    monkeypatch.setattr(tb, "time_torch", torch_step)
+    result = bench_cli.run_torch(tiny_config(finding="macular_hole"))
+    # PyTorch runs the global batch on one device; fundax on all of them would inflate the ratio.
+    assert meshes == [1, 1, 1] and result["devices"] == 1
+    assert [v["fundax_ratio"] for v in result["torch"]] == [2.0, 2.0]
 
 
 @pytest.mark.slow

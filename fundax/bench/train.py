@@ -42,11 +42,14 @@ def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[st
 
 
 class Setup:
-    """Mesh, model, optimiser, state and a device-resident batch for ``config``."""
+    """Mesh, model, optimiser, state and a device-resident batch for ``config``.
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    The mesh spans ``devices``, by default every local device.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
         self.config = config
-        self.mesh = trainer.make_mesh(jax.local_devices())
+        self.mesh = trainer.make_mesh(jax.local_devices() if devices is None else devices)
         if config.batch_size % self.mesh.size:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.mesh.size} devices")
         self.model = trainer.create_model(config)
