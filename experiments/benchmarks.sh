@@ -27,13 +27,18 @@ case "$MODE" in
     "$PY" experiments/profile_cpu.py --repeats=5 | tee "$OUT/profile_cpu.txt"
     ;;
   accelerator)
-    PAPER=(--config=experiments/configs/paper.py --config.batch_size=32)
+    # The paper's batch, 32, on every device: the global batch grows with the device count.
+    # The PyTorch comparison runs on one device (as PyTorch does) with a batch of 32.
+    DEVICES=$("$PY" -c 'import jax; print(jax.local_device_count())')
+    PAPER=(--config=experiments/configs/paper.py)
     for dtype in bfloat16 float32; do
-      bench train "${PAPER[@]}" --config.dtype="$dtype" --steps=20 --repeats=5 --first_step \
-        --json_out="$OUT/train_paper_$dtype.json"
-      bench torch "${PAPER[@]}" --config.dtype="$dtype" --steps=20 --repeats=5 --json_out="$OUT/torch_paper_$dtype.json"
+      bench train "${PAPER[@]}" --config.batch_size=$((32 * DEVICES)) --config.dtype="$dtype" --steps=20 \
+        --repeats=5 --first_step --json_out="$OUT/train_paper_$dtype.json"
+      bench torch "${PAPER[@]}" --config.batch_size=32 --config.dtype="$dtype" --steps=20 --repeats=5 \
+        --json_out="$OUT/torch_paper_$dtype.json"
     done
-    bench eval "${PAPER[@]}" --config.dtype=bfloat16 --steps=20 --repeats=5 --json_out="$OUT/eval_paper.json"
+    bench eval "${PAPER[@]}" --config.batch_size=$((32 * DEVICES)) --config.dtype=bfloat16 --steps=20 --repeats=5 \
+      --json_out="$OUT/eval_paper.json"
     ;;
   *) echo "usage: $0 cpu|accelerator" >&2; exit 2 ;;
 esac

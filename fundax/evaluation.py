@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -121,7 +122,6 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
 def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
                   outputs: dict[str, np.ndarray], ids: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{split}_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     air = metrics.air_per_image(outputs["air_inside"], outputs["air_total"])
     with open(out_dir / f"{split}_examples.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -143,6 +143,12 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
         point = (1 - result["specificity"], result["sensitivity"])
         pictures.draw_roc(fpr, tpr, out_dir / f"{split}_roc.png", auroc=result["auroc"], operating_point=point,
                           title=f"{result['finding']} ({split}, step {result['checkpoint_step']})")
+    # The metrics file says the evaluation is complete (experiments/table1.py skips such a
+    # run), so it comes last and appears whole.
+    metrics_file = out_dir / f"{split}_metrics.json"
+    partial = metrics_file.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(partial, metrics_file)
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -144,3 +144,28 @@ def test_table1_gives_mean_and_sd_over_seeds_and_inception_air():
     assert markdown.splitlines()[2] == (
         "| RNFL Defect | **0.9500** | 0.8500 ± 0.0707 (n=2) | 0.8500 | 0.3000 | **0.6000 ± 0.1414 (n=2)** | 0.4000 "
         "| – | – | – |")
+
+
+def test_metrics_file_is_written_last_so_a_crash_leaves_no_finished_evaluation(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fundax import evaluation
+
+    outputs = {"air_inside": np.ones(2, np.float32), "air_total": np.full(2, 2.0, np.float32),
+               "weight": np.ones(2, np.float32), "label": np.array([1.0, 0.0], np.float32),
+               "probability": np.array([0.9, 0.1], np.float32), "record_index": np.arange(2),
+               "activation_map": np.zeros((2, 2, 2), np.float32)}
+    result = {"auroc": 1.0, "specificity": 1.0, "sensitivity": 1.0, "finding": "drusen", "checkpoint_step": 1}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluation.np, "savez_compressed", crash)
+    with pytest.raises(OSError, match="disk full"):
+        evaluation.write_outputs(tmp_path, "test", result, outputs, np.array(["a", "b"]))
+    assert not (tmp_path / "test_metrics.json").exists()
+    monkeypatch.undo()
+    evaluation.write_outputs(tmp_path, "test", result, outputs, np.array(["a", "b"]))
+    assert json.loads((tmp_path / "test_metrics.json").read_text())["auroc"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "test_examples.csv", "test_metrics.json", "test_outputs.npz", "test_roc.png"]

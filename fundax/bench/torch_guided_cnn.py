@@ -99,7 +99,8 @@ def combined_loss(logit: torch.Tensor, activation_map: torch.Tensor, label: torc
 def random_affine(batch: int, generator: torch.Generator, *, scale=(0.9, 1.1), rotation_deg=15.0,
                   translation=0.05, shear_deg=5.0) -> torch.Tensor:
     """``(B, 2, 3)`` inverse affines in ``affine_grid``'s normalised coordinates."""
-    u = torch.rand(batch, 6, generator=generator)
+    # Drawn where the generator lives: on a GPU, no host round trip (and no sync) a step.
+    u = torch.rand(batch, 6, generator=generator, device=generator.device)
     mirror = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
     s = scale[0] + (scale[1] - scale[0]) * u[:, 1]
     theta = math.radians(rotation_deg) * (2 * u[:, 2] - 1)
@@ -118,12 +119,13 @@ def augment(images_u8: torch.Tensor, masks_full: torch.Tensor, map_size: int, ge
             intensity=(0.8, 1.2)) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp images (bilinear) and full-resolution region masks (nearest, at map size) by one affine."""
     batch = images_u8.shape[0]
-    theta = random_affine(batch, generator).to(images_u8.device)
+    theta = random_affine(batch, generator)
     images = images_u8.float()
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    gain = (intensity[0] + (intensity[1] - intensity[0]) * torch.rand(batch, generator=generator))
-    images = (images * gain.to(images.device)[:, None, None, None]).clamp(0, 255) / 255.0
+    gain = intensity[0] + (intensity[1] - intensity[0]) * torch.rand(batch, generator=generator,
+                                                                     device=generator.device)
+    images = (images * gain[:, None, None, None]).clamp(0, 255) / 255.0
     cells = F.affine_grid(theta, [batch, 1, map_size, map_size], align_corners=False)
     masks = F.grid_sample(masks_full, cells, mode="nearest", align_corners=False)[:, 0]
     return images.contiguous(memory_format=torch.channels_last), masks
@@ -136,7 +138,7 @@ def make_train_step(model: TorchGuidedCNN, *, learning_rate: float, momentum: fl
     device = next(model.parameters()).device
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, nesterov=True,
                                 weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16)
 
     def forward_backward(images, masks, label, weight):
