@@ -1,8 +1,9 @@
-"""Train a regionally guided CNN for one finding.
+"""Train a regionally guided CNN (or the Inception-v3 baseline) for one finding.
 
     python -m fundax.train --finding=macular_hole --workdir=runs/mh \\
         [--data_dir=DIR] [--dataset=fundus_findings/manual] \\
-        [--config=experiments/configs/paper.py] [--config.guidance_weight=0]
+        [--config=experiments/configs/paper.py] [--config.guidance_weight=0] \\
+        [--config.model=inception_v3 --config.guidance_weight=0]
 
 With the default dataset (``fundus_findings/synthetic``) the synthetic set is
 prepared into ``--data_dir`` on first use. Running the same command on the same
