@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fundax.bench import timing
 
 
 def layers(image_size: int, stem: int = 16, units=(1, 1, 1), aspp: int = 32, rates=(1, 2, 4)):
@@ -37,15 +38,7 @@ def layers(image_size: int, stem: int = 16, units=(1, 1, 1), aspp: int = 32, rat
 
 
 def median_seconds(fn, sync, repeats: int, iterations: int = 3) -> float:
-    sync(fn())
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iterations):
-            out = fn()
-        sync(out)
-        runs.append((time.perf_counter() - start) / iterations)
-    return statistics.median(runs)
+    return statistics.median(timing.timed_repeats(fn, sync, iterations=iterations, repeats=repeats))
 
 
 def jax_passes(batch, side, cin, cout, stride, dilation, repeats):

@@ -20,10 +20,8 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
-from fundax import checkpoints, findings, parallel, reliability
-from fundax.configs import DEFAULT_CONFIG_FILE
+from fundax import checkpoints, configs, findings, parallel, reliability
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("finding", None, f"One of: {', '.join(findings.FINDINGS)}.")
@@ -31,12 +29,7 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and Tenso
 flags.DEFINE_string("data_dir", os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
                     "Where prepared datasets live (default $FUNDAX_DATA_DIR or ~/fundax_data).")
 flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. fundus_findings/manual (default: the config's).")
-try:
-    # config_flags applies --config.KEY=VALUE overrides as the flag is defined, so a bad
-    # key or value surfaces here, before absl's own error handling exists.
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG_FILE, "A config file; override keys with --config.KEY=VALUE.")
-except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise SystemExit(f"error: bad --config override: {str(e).strip(chr(34))}") from None
+configs.define_config_flag("A config file; override keys with --config.KEY=VALUE.")
 flags.mark_flags_as_required(["finding", "workdir"])
 
 log = logging.getLogger("fundax")
@@ -122,13 +115,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a bad flag or ``--config`` override reported in one line."""
-    try:
-        return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError) as e:
-        sys.exit(f"error: bad flag or --config override: {str(e).strip(chr(34))}")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=configs.parse_flags)

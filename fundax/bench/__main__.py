@@ -26,15 +26,11 @@ import sys
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from fundax.configs import DEFAULT_CONFIG_FILE
+from fundax import configs
 
 FLAGS = flags.FLAGS
-try:
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG_FILE, "Model and step config (train, torch, eval).")
-except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise SystemExit(f"error: bad --config override: {str(e).strip(chr(34))}") from None
+configs.define_config_flag("Model and step config (train, torch, eval).")
 flags.DEFINE_integer("steps", 10, "Timed steps a run (train, torch, eval).")
 flags.DEFINE_integer("repeats", 5, "Timed runs; the median is reported.")
 flags.DEFINE_bool("first_step", False, "train: also time the first step in a new process, cold and warm.")
@@ -232,12 +228,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError) as e:
-        sys.exit(f"error: bad flag or --config override: {str(e).strip(chr(34))}")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=configs.parse_flags)
