@@ -24,7 +24,6 @@ from jax.sharding import PartitionSpec as P
 from fundax import trainer
 from fundax.bench import timing
 from fundax.data import pipeline
-from fundax.models import guided_cnn
 
 
 def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[str, np.ndarray]:
@@ -180,7 +179,7 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     torch.manual_seed(config.seed)
     model = tg.TorchGuidedCNN(setup.model).to(device).to(memory_format=torch.channels_last).train()
     host = random_batch(config)
-    size, map_size = config.image_size, guided_cnn.activation_map_size(config.image_size)
+    size, map_size = config.image_size, trainer.activation_map_size(config)
     geometry = list(zip(host["disc"], host["fovea"], host["region_bits"], strict=True))
     full = np.stack([region_mask(size, size, d, f, int(b)) for d, f, b in geometry])
     cells = np.stack([region_mask(map_size, map_size, d, f, int(b), image_size=(size, size)) for d, f, b in geometry])
