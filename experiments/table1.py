@@ -267,9 +267,33 @@ def write_report(runs: list[PlannedRun], root: pathlib.Path, split: str) -> str:
         lines.append(f"| {findings.get_finding(p['finding']).display_name} | {p['seed']} | {p['model_a']} | "
                      f"{p['model_b']} | {p['n_examples']} | {num(p['auroc_a'], '.4f')} | {num(p['auroc_b'], '.4f')} | "
                      f"{num(p['z'], '.2f')} | {num(p['p_value'], '.3g')} |")
+    localisation = report.table1_markdown(rows, report.LOCALISATION_COLUMNS) if rows else ""
+    if localisation:
+        lines += ["", "## On the lesion itself (photographs with lesion masks)", "",
+                  "Pointing game: the share of true positives whose activation map peaks on a cell holding lesion "
+                  "pixels; activation on the lesion: the share of the map's activation on such cells.", "",
+                  localisation.rstrip("\n")]
+    lines += ["", "## Per run", "", "The stall detector (fundax.stall) looks at every validation evaluation of "
+              "the run: the steps where it found the run stuck at eq. 2's epsilon floor.", "",
+              "| Finding | Variant | Seed | AUROC | AIR (TP) | Pointing (TP) | Checkpoint step | Stall detector |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (finding, variant, seed), run in done.items():
+        m = run.metrics
+        stalled = stall_steps(run.workdir)
+        lines.append(f"| {findings.get_finding(finding).display_name} | {variant} | {seed} | "
+                     f"{num(m['auroc'], '.4f')} | {num(m['air_tp'], '.3f')} | {num(m.get('pointing_tp'), '.3f')} | "
+                     f"{m['checkpoint_step']} | "
+                     + ("never stuck" if not stalled else "stuck at step " + ", ".join(map(str, stalled))) + " |")
     markdown = "\n".join(lines) + "\n"
     (root / "table1.md").write_text(markdown)
     return markdown
+
+
+def stall_steps(workdir: pathlib.Path) -> list[int]:
+    """The validation steps at which the run's stall detector found it stuck, from its metrics.jsonl."""
+    path = workdir / "metrics.jsonl"
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [e["step"] for e in entries if e.get("split") == "validation" and e.get("stalled")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Orbax checkpoints under ``WORKDIR/checkpoints``: train state, data iterator and loop state together.
 
-The latest ``keep`` checkpoints are kept for resuming, and besides them the one
-with the lowest validation loss (the paper's model selection, §3.1).
+The latest ``keep`` checkpoints are kept for resuming, and besides them the best
+by the run's ``selection_metric``: the lowest total validation loss (the paper's
+model selection, §3.1), the lowest validation BCE, or the highest validation AUROC.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-VALIDATION_METRIC = "val_loss"
+SELECTION_METRICS = {"val_loss": "min", "val_bce": "min", "val_auroc": "max"}
+"""The validation numbers a run can select its best checkpoint by, and which way is better."""
 DAMAGED_DIR = "damaged_checkpoints"
 
 log = logging.getLogger("fundax")
@@ -37,13 +39,19 @@ class CheckpointWriteError(RuntimeError):
 class Checkpoints:
     """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False,
+                 selection_metric: str = "val_loss"):
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
+        if selection_metric not in SELECTION_METRICS:
+            raise ValueError(f"selection_metric must be one of {', '.join(map(repr, SELECTION_METRICS))}, "
+                             f"got {selection_metric!r}")
+        mode = SELECTION_METRICS[selection_metric]
+        self.selection_metric = selection_metric
         preservation = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            # reverse=True sorts descending, so the last n kept are the lowest losses.
-            policies.BestN(get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True, n=1,
+            # reverse=True sorts descending, so the last n kept are the lowest.
+            policies.BestN(get_metric_fn=lambda m: m[selection_metric], reverse=mode == "min", n=1,
                            keep_checkpoints_without_metrics=False),
         ])
         self._pending: int | None = None  # the step of the save that may still be in flight
@@ -52,7 +60,7 @@ class Checkpoints:
             self.directory,
             # best_fn makes Orbax write the metrics to disk, so the best survives a restart.
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=preservation, best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",
+                preservation_policy=preservation, best_fn=lambda m: m[selection_metric], best_mode=mode,
                 create=not read_only, read_only=read_only,
                 # A save cut short (a killed process) leaves a temporary folder; drop it on start.
                 cleanup_tmp_directories=not read_only),
@@ -66,7 +74,7 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        """The kept step with the lowest validation loss, if any was saved with metrics."""
+        """The kept step best by the selection metric, if any was saved with metrics."""
         return self.manager.best_step()
 
     def save(
@@ -156,6 +164,11 @@ class Checkpoints:
             try:
                 state, loop = self.restore(step, abstract_state, data_iter)
             except Exception as e:  # noqa: BLE001
+                if "tree structures do not match" in str(e):  # intact, but not this fundax's train state
+                    raise CheckpointMismatchError(
+                        f"checkpoint {step} in {self.directory} holds a train state of another layout (written by "
+                        "another version of fundax, or another model config): it is left as it is; train in "
+                        "another --workdir") from None
                 damaged.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue
             for bad, why in damaged:
@@ -183,6 +196,15 @@ class Checkpoints:
                 self._finish_pending()
         finally:
             self.manager.close()
+
+
+def selection_score(validation: dict[str, float], selection_metric: str) -> float:
+    """The selection metric of one evaluation as a number to minimise; an error names a missing one."""
+    if selection_metric not in validation:
+        raise ValueError(f"selection_metric {selection_metric} is undefined on this validation split (it needs "
+                         "positive and negative examples): use --config.selection_metric=val_bce")
+    value = float(validation[selection_metric])
+    return value if SELECTION_METRICS[selection_metric] == "min" else -value
 
 
 def check_compatible(loop: dict[str, Any], finding: str, model_name: str, workdir: str | pathlib.Path) -> None:

@@ -21,7 +21,7 @@ from fundax import parallel
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("split", "test", "train, validation or test.")
-flags.DEFINE_string("checkpoint", "best", "best (lowest validation loss), latest, or a step number.")
+flags.DEFINE_string("checkpoint", "best", "best (by the run's selection_metric), latest, or a step number.")
 flags.DEFINE_string("data_dir", None, "Where the prepared dataset is (default: the run's).")
 flags.DEFINE_integer("batch_size", None, "Global evaluation batch (default: the run's).")
 flags.mark_flag_as_required("workdir")

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, metrics, pictures, trainer
+from fundax import checkpoints, findings, metrics, pictures, trainer
 from fundax.data import pipeline
 
 
@@ -31,13 +31,25 @@ class EvaluationError(ValueError):
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The resolved config a training run saved in its workdir."""
+    """The resolved config a training run saved in its workdir.
+
+    Keys that fundax added after the run was trained take their defaults, which
+    reproduce what the run did.
+    """
+    from fundax.configs import default
+
     path = pathlib.Path(workdir) / "config.json"
     if not pathlib.Path(workdir).is_dir():
         raise EvaluationError(f"workdir {workdir} does not exist")
     if not path.exists():
         raise EvaluationError(f"{workdir} is not a fundax workdir: it has no config.json")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+
+    def merged(defaults: dict, values: dict) -> dict:
+        return {**defaults, **{k: merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict)
+                               else v for k, v in values.items()}}
+
+    return ml_collections.ConfigDict(merged(default.get_config().to_dict(), saved))
 
 
 def resolve_step(ckpts: checkpoints.Checkpoints, which: str) -> int:
@@ -50,7 +62,7 @@ def resolve_step(ckpts: checkpoints.Checkpoints, which: str) -> int:
     if which == "best":
         best = ckpts.best_step()
         if best is None:
-            raise EvaluationError(f"no checkpoint in {ckpts.directory} has a validation loss; "
+            raise EvaluationError(f"no checkpoint in {ckpts.directory} has a validation {ckpts.selection_metric}; "
                                   f"use --checkpoint=latest or one of {steps}")
         return best
     if not which.isdigit() or int(which) not in steps:
@@ -71,7 +83,7 @@ def image_ids(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, s
 def restore_state(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, which: str,
                   mesh: jax.sharding.Mesh) -> tuple[trainer.TrainState, int]:
     """The train state of one saved checkpoint, laid out over ``mesh``."""
-    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
+    ckpts = checkpoints.Checkpoints(workdir, read_only=True, selection_metric=config.selection_metric)
     try:
         step = resolve_step(ckpts, which)
         checkpoints.check_compatible(ckpts.restore_loop(step), config.finding, config.model, workdir)
@@ -83,8 +95,10 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
 
 def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "best",
-             data_dir: str | pathlib.Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Evaluate one checkpoint on one split; writes the files above and returns the metrics."""
+             data_dir: str | pathlib.Path | None = None, batch_size: int | None = None,
+             out_dir: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint on one split; writes the files above (into ``out_dir``, default
+    ``WORKDIR/eval``) and returns the metrics."""
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
     data_dir = data_dir or config.get("data_dir")
@@ -114,9 +128,58 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
         "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum()),
         "n_excluded": int((~scored).sum()),
     }
+    outputs.update(lesion_localisation(config, data_dir, split, outputs))
+    result.update(localisation_metrics(outputs, result))
     if jax.process_index() == 0:
-        write_outputs(workdir / "eval", split, result, outputs, ids)
+        write_outputs(pathlib.Path(out_dir) if out_dir else workdir / "eval", split, result, outputs, ids)
     return result
+
+
+def lesion_localisation(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str,
+                        outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per example: whether its lesion pixels are known, the pointing-game hit and the share on the lesion.
+
+    Only positives whose record carries a lesion mask of the finding (``lesion_known``)
+    get numbers; the others are nan (``lesion_known`` False).
+    """
+    grid = trainer.activation_grid(config)
+    centres = grid.centres()
+    bit = 1 << findings.finding_index(config.finding)
+    n = len(outputs["record_index"])
+    known, hits, shares, chances = np.zeros(n, bool), np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    candidates = np.flatnonzero((outputs["weight"] > 0) & (outputs["label"] > 0))
+    if candidates.size:
+        source = pipeline.open_split(config.dataset, data_dir, split, decode_images=False)
+        for k in candidates:
+            record = source[int(outputs["record_index"][k])]
+            if not int(record["lesion_known"]) & bit:
+                continue
+            cells = metrics.lesion_cells(np.asarray(record["lesion_bits"])[..., 0] & bit, centres, grid.stride_px)
+            known[k] = True
+            hit, shares[k], chances[k] = metrics.lesion_localisation(outputs["logit_map"][k], cells)
+            hits[k] = float(hit)
+    return {"lesion_known": known, "pointing_hit": hits, "lesion_share": shares, "pointing_chance": chances}
+
+
+def localisation_metrics(outputs: dict[str, np.ndarray], result: dict[str, Any]) -> dict[str, Any]:
+    """Pointing game and share on the lesion over the true positives and over all positives with a mask."""
+    known = outputs["lesion_known"]
+    groups = {"positive": known}
+    if result.get("threshold") is not None:
+        groups["tp"] = known & (outputs["probability"] >= result["threshold"])
+    out: dict[str, Any] = {}
+    for group in ("tp", "positive"):
+        mask = groups.get(group, np.zeros_like(known))
+        summary = metrics.localisation_summary(outputs["pointing_hit"][mask], outputs["lesion_share"][mask],
+                                               outputs["pointing_chance"][mask])
+        for key in ("pointing", "lesion_share", "pointing_chance"):
+            out[f"{key}_{group}"] = summary[key]
+        out[f"n_lesion_{group}"] = summary["count"]
+        if summary["count"] == 0:
+            what = "true positive" if group == "tp" else "positive"
+            result["notes"].append(f"pointing game and lesion share ({group}) undefined: no {what} "
+                                   "with a lesion mask of the finding")
+    return out
 
 
 def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
@@ -125,16 +188,20 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
     air = metrics.air_per_image(outputs["air_inside"], outputs["air_total"])
     with open(out_dir / f"{split}_examples.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image_id", "status", "label", "probability", "air"])
+        writer.writerow(["image_id", "status", "label", "probability", "air", "pointing_hit", "lesion_share"])
         for k in range(len(ids)):
             status = "excluded" if outputs["weight"][k] == 0 else ("positive" if outputs["label"][k] else "negative")
             label = "" if status == "excluded" else int(outputs["label"][k])
-            writer.writerow([ids[k], status, label, f"{outputs['probability'][k]:.6f}", f"{air[k]:.6f}"])
+            known = bool(outputs["lesion_known"][k])
+            writer.writerow([ids[k], status, label, f"{outputs['probability'][k]:.6f}", f"{air[k]:.6f}",
+                             int(outputs["pointing_hit"][k]) if known else "",
+                             f"{outputs['lesion_share'][k]:.6f}" if known else ""])
     np.savez_compressed(
         out_dir / f"{split}_outputs.npz", image_id=ids, record_index=outputs["record_index"],
         probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
-        air_inside=outputs["air_inside"], air_total=outputs["air_total"],
-        activation_map=outputs["activation_map"].astype(np.float16))
+        air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
+        pointing_hit=outputs["pointing_hit"], lesion_share=outputs["lesion_share"],
+        activation_map=outputs["activation_map"].astype(np.float16), logit_map=outputs["logit_map"])
     scored = outputs["weight"] > 0
     if result["auroc"] is not None:
         from sklearn.metrics import roc_curve
@@ -166,5 +233,9 @@ def summary(result: dict[str, Any]) -> str:
         f"AIR on true positives {num(result['air_tp'])} (pooled {num(result['air_tp_pooled'])}), "
         f"on false negatives {num(result['air_fn'])} (pooled {num(result['air_fn_pooled'])})",
     ]
+    if result.get("n_lesion_positive"):
+        lines.append(f"on the lesion itself ({result['n_lesion_tp']} true positives with a lesion mask): pointing "
+                     f"game {num(result['pointing_tp'])} (a random cell {num(result['pointing_chance_tp'])}), "
+                     f"share of activation {num(result['lesion_share_tp'])}")
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return "\n".join(lines)

@@ -20,12 +20,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, reliability, trainer
+from fundax import checkpoints, losses, reliability, stall, trainer
 from fundax.data import pipeline
 
 log = logging.getLogger("fundax")
 
-TRAIN_METRICS = ("loss", "bce", "guidance", "grad_norm", "nonfinite")
+TRAIN_METRICS = ("loss", "bce", "guidance", "guidance_weight", "grad_norm", "nonfinite")
 NO_STEP = 2**31 - 1
 
 
@@ -49,6 +49,12 @@ class MetricWriter:
             f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+
+    def note(self, step: int, kind: str, message: str) -> None:
+        """A line of text in metrics.jsonl (not TensorBoard), e.g. the stall detector's."""
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "split": kind, "message": message}) + "\n")
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.enabled:
@@ -96,6 +102,24 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         problems.append(str(e))
     if config.guidance_weight < 0:
         problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
+    for key in ("guidance_delay_steps", "guidance_ramp_steps", "warmup_steps"):
+        if config[key] < 0:
+            problems.append(f"{key} must be >= 0, got {config[key]}")
+    if not 0 <= config.guidance_start_bce < 1:
+        problems.append(f"guidance_start_bce must lie in [0, 1) (0: no gate), got {config.guidance_start_bce}")
+    if config.guidance_form not in losses.GUIDANCE_FORMS:
+        problems.append(f"guidance_form must be one of {', '.join(map(repr, losses.GUIDANCE_FORMS))}, "
+                        f"got {config.guidance_form!r}")
+    if config.selection_metric not in checkpoints.SELECTION_METRICS:
+        problems.append(f"selection_metric must be one of {', '.join(map(repr, checkpoints.SELECTION_METRICS))}, "
+                        f"got {config.selection_metric!r}")
+    if config.guidance_delay_steps + config.guidance_ramp_steps > config.num_train_steps:
+        problems.append(f"the guidance warm-up (guidance_delay_steps + guidance_ramp_steps = "
+                        f"{config.guidance_delay_steps + config.guidance_ramp_steps}) must end by num_train_steps "
+                        f"{config.num_train_steps}, since only checkpoints after it are selected: shorten it, or set "
+                        "both and guidance_start_bce to 0 for lambda = 1 from the first step (the paper's setting)")
+    if config.stall_patience < 1:
+        problems.append(f"stall_patience must be at least 1, got {config.stall_patience}")
     if config.learning_rate <= 0:
         problems.append(f"learning_rate must be positive, got {config.learning_rate}")
     if config.lr_plateau_patience < 1:
@@ -136,11 +160,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     pipeline.check_image_size(config.dataset, data_dir, config.image_size)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     process, processes = jax.process_index(), jax.process_count()
+    scored, scored_labels = pipeline.scored_indices(
+        pipeline.open_split(config.dataset, data_dir, "train", decode_images=False), example)
+    # The training BCE of a classifier that only knows the prevalence: the gate of the guidance warm-up.
+    prior_bce = stall.prior_bce(float(scored_labels.mean()) if scored_labels.size else 0.0)
     data_iter = iter(pipeline.train_dataset(
         train_source, example, global_batch=config.batch_size, seed=config.seed, process_index=process,
-        process_count=processes, threads=config.loader_threads, prefetch_batches=config.prefetch_batches))
+        process_count=processes, threads=config.loader_threads, prefetch_batches=config.prefetch_batches,
+        indices=scored))
 
-    ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep)
+    ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep, selection_metric=config.selection_metric)
     restored = ckpts.restore_latest_intact(
         trainer.abstract_train_state(model, tx, config, mesh), data_iter,
         check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir))
@@ -152,7 +181,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     else:
         resumed_at = 0
         state = trainer.create_train_state(model, tx, config, mesh)
-        loop = trainer.LoopState(config.finding, config.model, float(config.learning_rate))
+        start = trainer.initial_guidance_start(config)
+        loop = trainer.LoopState(config.finding, config.model, float(config.learning_rate),
+                                 guidance_start=start if start >= 0 else None)
         sums = {}
     if process == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -184,8 +215,19 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                disable=not show_progress or process != 0)
     tick, tick_step = time.perf_counter(), step
     started, first_step = tick, step + 1
+    def start_guidance(why: str) -> None:
+        nonlocal state
+        loop.guidance_start = step
+        state = trainer.set_guidance_start(state, step)
+        text = (f"step {step}: {why}: lambda rises to {config.guidance_weight:g} over "
+                f"{config.guidance_ramp_steps} steps")
+        writer.note(step, "guidance", text)
+        log.info("%s", text)
+
     try:
         while step < config.num_train_steps and not loop.stopped_early:
+            if loop.guidance_start is None and step >= config.guidance_delay_steps:
+                start_guidance(f"guidance_delay_steps {config.guidance_delay_steps} reached")
             batch = pipeline.to_global(next(data_iter), batch_sharding)
             state, metrics = train_step(state, batch)
             step += 1
@@ -201,7 +243,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 check_finite()
                 count = int(sums.pop("count"))
                 means = {k: float(np.asarray(v)) / count for k, v in sums.items() if k != "nonfinite"}
-                means["learning_rate"] = trainer.learning_rate(state)
+                means["learning_rate"] = trainer.learning_rate(state, config)
                 skipped = int(np.asarray(sums["nonfinite"]))
                 if skipped:
                     means["skipped_steps"] = skipped
@@ -211,6 +253,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                     first_nonfinite = NO_STEP
                 writer.write(step, "train", means)
                 sums = {}
+                gate = config.guidance_start_bce * prior_bce
+                if loop.guidance_start is None and config.guidance_start_bce > 0 and means["bce"] <= gate:
+                    start_guidance(f"the classifier has learnt (training BCE {means['bce']:.3f} <= "
+                                   f"guidance_start_bce x {prior_bce:.3f}, the BCE of the prevalence alone)")
                 now = time.perf_counter()
                 images_per_s = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
                 writer.scalar("train/images_per_s", images_per_s, step)
@@ -221,16 +267,29 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
                     val_source, example, global_batch=config.batch_size, process_index=process,
                     process_count=processes), batch_sharding)
-                validation = trainer.validation_metrics(outputs, config.guidance_weight)
+                validation = trainer.validation_metrics(outputs, config.guidance_weight, config.epsilon)
                 before = loop.learning_rate
-                loop.observe(step, validation["val_loss"], config)
+                # During the guidance warm-up the network is not yet the model eq. 3 trains: it is not
+                # selected, and the validation numbers it moves do not lower the learning rate.
+                start = loop.guidance_start
+                selectable = start is not None and step >= start + config.guidance_ramp_steps
+                if selectable:
+                    loop.observe(step, checkpoints.selection_score(validation, config.selection_metric), config)
                 if loop.learning_rate != before:
                     state = trainer.set_learning_rate(state, loop.learning_rate)
-                    log.info("step %d: validation loss stagnates, learning rate %.3g -> %.3g",
-                             step, before, loop.learning_rate)
-                writer.write(step, "validation", {**validation, "learning_rate": trainer.learning_rate(state)})
-                save({checkpoints.VALIDATION_METRIC: validation["val_loss"]})
-                bar.write(_validation_line(step, validation))
+                    log.info("step %d: %s stagnates, learning rate %.3g -> %.3g",
+                             step, config.selection_metric, before, loop.learning_rate)
+                stalled = loop.observe_floor(stall.at_floor(validation), config)
+                writer.write(step, "validation", {**validation, "stalled": int(stalled),
+                                                  "learning_rate": trainer.learning_rate(state, config)})
+                if stalled:
+                    advice = stall.message(step, validation, loop.evals_at_floor)
+                    writer.note(step, "stall", advice)
+                    log.warning("%s", advice)
+                kept = {k: validation[k] for k in checkpoints.SELECTION_METRICS if k in validation}
+                save(kept if selectable else None)
+                if process == 0:
+                    bar.write(_validation_line(step, validation))
             elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
                 save()
             bar.update(1)
@@ -248,9 +307,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
         ckpts.close()
         writer.close()
     if loop.stopped_early:
-        log.info("early stop at step %d: no better validation loss for %d evaluations",
-                 step, config.early_stopping_patience)
-    return {"step": step, "best_step": loop.best_step, "best_val_loss": loop.best_val_loss,
+        log.info("early stop at step %d: no better %s for %d evaluations",
+                 step, config.selection_metric, config.early_stopping_patience)
+    return {"step": step, "best_step": loop.best_step, "selection_metric": config.selection_metric,
+            "best_score": loop.best_score, "evals_at_floor": loop.evals_at_floor,
             "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
             "metrics": str(workdir.absolute() / "metrics.jsonl"),
             "tensorboard": str(workdir.absolute() / "tensorboard"),

@@ -43,11 +43,16 @@ def classification_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array
     return _weighted_mean(bce, weights.astype(jnp.float32))
 
 
+GUIDANCE_FORMS = ("eq2", "log_complement")
+"""``eq2``: the paper's guidance. ``log_complement``: an ablation, −(1 − m)·log(max(1 − a, ε))."""
+
+
 def guidance_loss(
     activation_map: jax.Array,
     region_mask: jax.Array,
     weights: jax.Array,
     epsilon: float = EPSILON,
+    form: str = "eq2",
 ) -> jax.Array:
     """Eq. 2: mean over examples and cells of ``(1 - m) * log(max(a, epsilon))``.
 
@@ -62,10 +67,21 @@ def guidance_loss(
     activation outside the mask down to epsilon, where it bottoms out at
     log(epsilon) and its gradient vanishes. Inside the mask (m = 1) it has no
     effect at all. The mean divides by sum(weights) * h * w.
+
+    ``form="log_complement"`` is an ablation, not the paper's loss: the mean of
+    ``-(1 - m) * log(max(1 - a, epsilon))``, the binary cross entropy of each
+    outside cell against 0. It is at least 0, and in logit space it pulls a cell
+    down by ``a`` — hardest on the brightest cells, where eq. 2 pulls by
+    ``1 - a``, hardest on cells already dark (docs/GUIDANCE.md).
     """
     activation_map = activation_map.astype(jnp.float32)
     outside = 1.0 - region_mask.astype(jnp.float32)
-    per_cell = outside * jnp.log(jnp.maximum(activation_map, epsilon))
+    if form == "eq2":
+        per_cell = outside * jnp.log(jnp.maximum(activation_map, epsilon))
+    elif form == "log_complement":
+        per_cell = -outside * jnp.log(jnp.maximum(1.0 - activation_map, epsilon))
+    else:
+        raise ValueError(f"guidance form must be one of {', '.join(map(repr, GUIDANCE_FORMS))}, got {form!r}")
     per_example = jnp.sum(per_cell, axis=(1, 2))
     cells = activation_map.shape[1] * activation_map.shape[2]
     return _weighted_mean(per_example, weights.astype(jnp.float32), cells)
@@ -77,16 +93,18 @@ def total_loss(
     labels: jax.Array,
     region_mask: jax.Array,
     weights: jax.Array,
-    guidance_weight: float = 1.0,
+    guidance_weight: float | jax.Array = 1.0,
     epsilon: float = EPSILON,
+    guidance_form: str = "eq2",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 3: ``L_class + lambda * L_guide`` with lambda = ``guidance_weight``.
 
     lambda = 1 is the paper's setting; lambda = 0 is its "without guidance"
-    model. Returns the total and its parts, keyed ``total``,
+    model; during a guidance warm-up (:func:`fundax.trainer.guidance_weight_at`)
+    lambda is a traced scalar. Returns the total and its parts, keyed ``total``,
     ``classification`` and ``guidance`` (the guidance part before lambda).
     """
     classification = classification_loss(logits, labels, weights)
-    guidance = guidance_loss(activation_map, region_mask, weights, epsilon)
+    guidance = guidance_loss(activation_map, region_mask, weights, epsilon, guidance_form)
     total = classification + guidance_weight * guidance
     return total, {"total": total, "classification": classification, "guidance": guidance}

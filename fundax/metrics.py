@@ -192,6 +192,58 @@ def air_summary(inside: ArrayLike, total: ArrayLike) -> AirSummary:
     return AirSummary(mean=float(per_image[defined].mean()), pooled=float(pooled), count=count)
 
 
+def lesion_cells(lesion: ArrayLike, centres_px: ArrayLike, stride_px: float) -> np.ndarray:
+    """Bool (m, m): the activation cells whose footprint holds a lesion pixel.
+
+    ``lesion`` is a bool (S, S) mask of the input; cell j's footprint (along either
+    axis) is the pixels whose centres lie in [c_j − stride/2, c_j + stride/2) for
+    its centre c_j (``centres_px``, from :class:`fundax.regions.CellGrid`).
+    """
+    lesion = np.asarray(lesion, bool)
+    side = lesion.shape[0]
+    if lesion.ndim != 2 or lesion.shape[1] != side:
+        raise ValueError(f"lesion must be a square (S, S) mask, got {lesion.shape}")
+    centres = np.asarray(centres_px, np.float64)
+    first = np.clip(np.ceil(centres - stride_px / 2 - 0.5), 0, side).astype(int)
+    stop = np.clip(np.ceil(centres + stride_px / 2 - 0.5), 0, side).astype(int)
+    # Row and column sums of a 2-D prefix sum give each cell's lesion pixels at once.
+    total = np.zeros((side + 1, side + 1), np.int64)
+    total[1:, 1:] = lesion.cumsum(0).cumsum(1)
+    count = (total[stop][:, stop] - total[first][:, stop] - total[stop][:, first] + total[first][:, first])
+    return count > 0
+
+
+def lesion_localisation(logit_map: ArrayLike, on_lesion: ArrayLike) -> tuple[bool, float, float]:
+    """Pointing-game hit, share of activation on the lesion, and the hit rate of a random cell.
+
+    ``on_lesion`` is :func:`lesion_cells` of the example. The hit: the map's peak cell
+    is on the lesion; the peak is taken on the logit map, since a confident map
+    saturates many activations at exactly 1. The share: activation (sigmoid of the
+    logits) on lesion cells over all activation (AIR with the lesion for the cue).
+    The chance: lesion cells over all cells, what pointing at a random cell would score.
+    """
+    z = np.asarray(logit_map, np.float64)
+    on = np.asarray(on_lesion, bool)
+    if z.shape != on.shape:
+        raise ValueError(f"logit map {z.shape} and lesion cells {on.shape} differ")
+    hit = bool(on.flat[int(np.argmax(z))])
+    a = 1.0 / (1.0 + np.exp(-z))
+    total = a.sum()
+    share = float(a[on].sum() / total) if total > 0 else float("nan")
+    return hit, share, float(on.mean())
+
+
+def localisation_summary(hits: ArrayLike, shares: ArrayLike, chances: ArrayLike) -> dict[str, float | int | None]:
+    """Pointing-game hit rate, mean share on the lesion and mean chance over a group of examples."""
+    hits, shares, chances = (np.asarray(v, np.float64) for v in (hits, shares, chances))
+    if hits.size == 0:
+        return {"pointing": None, "lesion_share": None, "pointing_chance": None, "count": 0}
+    defined = ~np.isnan(shares)
+    return {"pointing": float(hits.mean()),
+            "lesion_share": float(shares[defined].mean()) if defined.any() else None,
+            "pointing_chance": float(chances.mean()), "count": int(hits.size)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DeLongResult:
     """Paired DeLong test of AUROC(a) = AUROC(b); ``difference`` is a − b."""

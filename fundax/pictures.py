@@ -381,3 +381,33 @@ def draw_heatmap(
     if title:
         fig.suptitle(title, fontsize=11, y=0.99, va="top")
     return _save(fig, out_path, bbox_inches="tight", pad_inches=0.05)
+
+
+def draw_guidance_pull(activation: np.ndarray, pulls: dict[str, np.ndarray], epsilon: float,
+                       out_path: str | os.PathLike) -> pathlib.Path:
+    """A PNG of how hard each guidance form pushes one outside cell's logit down, against its activation.
+
+    ``pulls`` maps a label to −d(loss)/d(logit) per cell (times the number of cells), as
+    computed from :func:`fundax.losses.guidance_loss` (docs/GUIDANCE.md).
+    """
+    activation = np.asarray(activation, np.float64)
+    if not pulls:
+        raise ValueError("draw_guidance_pull needs at least one curve")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for label, pull in pulls.items():
+        pull = np.asarray(pull, np.float64)
+        if pull.shape != activation.shape:
+            raise ValueError(f"pull {label!r} has shape {pull.shape}, activation {activation.shape}")
+        ax.plot(activation, pull, lw=2, label=label)
+    ax.axvline(epsilon, ls="--", lw=1, color="0.4")
+    ax.annotate(f"ε = {epsilon:g}: eq. 2 stops here", (epsilon, 0.5), xytext=(8, 0), textcoords="offset points",
+                fontsize=9, color="0.3")
+    ax.set_xscale("logit")
+    ax.set_xlim(activation.min(), activation.max())
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xlabel("activation a of a cell outside the regional cue")
+    ax.set_ylabel("pull on its logit (per cell)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=9)
+    return _save(fig, out_path, bbox_inches="tight")

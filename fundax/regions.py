@@ -30,6 +30,7 @@ Run ``python -m fundax.regions --demo OUT.png`` for a picture of the partition.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -141,6 +142,53 @@ def region_ids_jax(x: Any, y: Any, disc_xy: Any, fovea_xy: Any) -> Any:
     disc = jnp.asarray(disc_xy, jnp.float32)
     fovea = jnp.asarray(fovea_xy, jnp.float32)
     return _region_ids(jnp, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), disc, fovea)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellGrid:
+    """Where a square grid of ``size`` × ``size`` cells samples an image: its cells' centres.
+
+    Cell j along either axis is centred at ``offset_px + j * stride_px`` image pixels
+    (continuous coordinates, pixel k spans [k, k + 1]). A network's activation map is
+    such a grid, its centres those of the cells' receptive fields (``fundax.models``);
+    :meth:`uniform` is the grid that tiles the image evenly. Hashable, so it can be
+    static under ``jit``.
+    """
+
+    size: int
+    stride_px: float
+    offset_px: float
+
+    @classmethod
+    def uniform(cls, size: int, image_size_px: float) -> CellGrid:
+        """``size`` cells tiling ``image_size_px``: cell j centred at (j + 0.5)·image_size_px/size."""
+        return cls(size, image_size_px / size, image_size_px / size / 2)
+
+    def centres(self, xp: Any = np, dtype: Any = np.float64) -> Any:
+        """The ``size`` centres along either axis."""
+        return self.offset_px + self.stride_px * xp.arange(self.size, dtype=dtype)
+
+
+def grid_region_ids(grid: CellGrid, disc_xy: Sequence[float], fovea_xy: Sequence[float]) -> np.ndarray:
+    """Region ids (int32, ``grid.size`` squared) of the cell centres of ``grid``."""
+    c = grid.centres()
+    return region_ids(c[None, :], c[:, None], disc_xy, fovea_xy)
+
+
+def grid_region_ids_jax(grid: CellGrid, disc_xy: Any, fovea_xy: Any) -> Any:
+    """The jax twin of :func:`grid_region_ids`; ``grid`` is static, disc and fovea may be traced."""
+    import jax.numpy as jnp
+
+    c = grid.centres(jnp, jnp.float32)
+    return region_ids_jax(c[None, :], c[:, None], disc_xy, fovea_xy)
+
+
+def grid_mask(grid: CellGrid, disc_xy: Sequence[float], fovea_xy: Sequence[float],
+              regions: Iterable[str] | int) -> np.ndarray:
+    """Float32 mask of ``grid``: 1 at the cells whose centre lies in the given regions."""
+    bits = regions if isinstance(regions, (int, np.integer)) else regions_to_bits(regions)
+    bits_to_regions(bits)  # validates the range
+    return mask_from_bits(grid_region_ids(grid, disc_xy, fovea_xy), np.int32(bits)).astype(np.float32)
 
 
 def region_map_jax(

@@ -22,6 +22,7 @@ import statistics
 import sys
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
@@ -30,6 +31,8 @@ from fundax import findings, metrics, pictures
 
 MODEL_ORDER = ("Inception-v3", "With", "Without")
 COLUMNS = (("auroc", "AUROC"), ("air_tp", "AIR (TP)"), ("air_fn", "AIR (FN)"))
+LOCALISATION_COLUMNS = (("pointing_tp", "Pointing game (TP)"), ("lesion_share_tp", "Activation on the lesion (TP)"))
+"""Where lesion pixels are known: whether the map's peak is on the lesion, and its share of the activation."""
 
 
 class ReportError(ValueError):
@@ -71,7 +74,8 @@ def load_run(workdir: str | pathlib.Path, split: str) -> Run:
     return Run(workdir, json.loads(config_path.read_text()), json.loads(metrics_path.read_text()))
 
 
-def table1(runs: list[Run]) -> list[dict[str, Any]]:
+def table1(runs: list[Run], columns: tuple[tuple[str, str], ...] = COLUMNS + LOCALISATION_COLUMNS
+           ) -> list[dict[str, Any]]:
     """One row per finding (the paper's order first): per model and column, the mean over runs.
 
     Keys ``KEY/MODEL`` (the mean, None without values), ``KEY/MODEL/sd`` (the sample standard
@@ -85,7 +89,7 @@ def table1(runs: list[Run]) -> list[dict[str, Any]]:
         mine = [r for r in runs if r.finding == finding]
         if not mine:
             continue
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             for model in models:
                 values = [r.metrics[key] for r in mine if r.model == model and r.metrics.get(key) is not None]
                 row[f"{key}/{model}"] = statistics.fmean(values) if values else None
@@ -99,18 +103,24 @@ def _models(rows: list[dict[str, Any]]) -> list[str]:
     return [m for m in MODEL_ORDER if any(f"auroc/{m}" in row for row in rows)]
 
 
-def table1_markdown(rows: list[dict[str, Any]]) -> str:
+def table1_markdown(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
     """The paper's Table 1 layout; the best value of each row and column group in bold.
 
     A value over several runs reads ``mean ± sd (n=runs)``. Inception-v3 gets AIR columns
-    too (from its class activation map), which the paper's table does not have.
+    too (from its class activation map), which the paper's table does not have. With
+    ``LOCALISATION_COLUMNS``, the same layout for the pointing game and the share of
+    activation on the lesion, over the findings with lesion masks.
     """
     models = _models(rows)
-    head = ["Findings"] + [f"{title} {m}" for _, title in COLUMNS for m in models]
+    if columns is not COLUMNS:
+        rows = [r for r in rows if any(r.get(f"{key}/{m}") is not None for key, _ in columns for m in models)]
+        if not rows:
+            return ""
+    head = ["Findings"] + [f"{title} {m}" for _, title in columns for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [findings.get_finding(row["finding"]).display_name]
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             values = {m: row[f"{key}/{m}"] for m in models}
             best = max((v for v in values.values() if v is not None), default=None)
             for m in models:
@@ -159,7 +169,7 @@ def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[str] | None,
             num_images: int) -> list[pathlib.Path]:
     """Per finding, a Fig. 3 panel: photograph, regional cue, map with guidance, map without."""
-    from fundax import regions
+    from fundax import regions, trainer
     from fundax.data import pipeline
 
     written = []
@@ -182,11 +192,11 @@ def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[
         if not picks:
             continue
         source = pipeline.open_split(guided.config["dataset"], guided.config["data_dir"], split)
+        grid = trainer.activation_grid(ml_collections.ConfigDict(guided.config))
         rows = []
         for k in picks:
             record = source[int(out_g["record_index"][k])]
             image = np.asarray(record["image"])
-            size = out_g["activation_map"].shape[-1]
             bits = int(record["region_bits"][findings.finding_index(finding)])
             maps = [out_g["activation_map"][k].astype(np.float32)]
             titles = [f"with guidance (p={out_g['probability'][k]:.2f})"]
@@ -197,8 +207,7 @@ def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[
                 titles.append(f"without guidance (p={out_u['probability'][j]:.2f})")
             rows.append({
                 "image": image, "maps": maps, "map_titles": titles,
-                "mask": regions.region_mask(size, size, record["disc"], record["fovea"], bits,
-                                            image_size=image.shape[:2]),
+                "mask": regions.grid_mask(grid, record["disc"], record["fovea"], bits),
                 "label": f"{image_id} ({findings.get_finding(finding).display_name})",
             })
         path = pictures.draw_figure3(rows, out_dir / f"figure3_{finding}.png",
@@ -225,6 +234,9 @@ def main(argv: list[str]) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = table1(runs)
         markdown = table1_markdown(rows)
+        localisation = table1_markdown(rows, LOCALISATION_COLUMNS)
+        if localisation:
+            markdown += "\nOn the lesion itself, where its pixels are known:\n\n" + localisation
         (out_dir / "table1.md").write_text(markdown)
         write_csv(out_dir / "table1.csv", rows)
         pairs = delong_pairs(runs, FLAGS.split)

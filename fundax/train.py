@@ -104,10 +104,15 @@ def main(argv: list[str]) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    best = result["best_val_loss"]
+    best, metric = result["best_score"], result["selection_metric"]
+    if best is not None and checkpoints.SELECTION_METRICS[metric] == "max":
+        best = -best
     print(f"finished at step {result['step']}"
           + (" (early stop)" if result["stopped_early"] else "")
-          + (f"; best validation loss {best:.4f} at step {result['best_step']}" if best is not None else ""))
+          + (f"; best {metric} {best:.4f} at step {result['best_step']}" if best is not None else ""))
+    stuck = result["evals_at_floor"]
+    print(f"stall detector: stuck at eq. 2's epsilon floor for the last {stuck} evaluation(s)" if stuck
+          else "stall detector: not at eq. 2's epsilon floor at the last evaluation")
     if "val_auroc" in result:
         print(f"last validation AUROC {result['val_auroc']:.4f}")
     print(f"checkpoints: {result['checkpoints']}\nmetrics:     {result['metrics']}\n"

@@ -13,6 +13,7 @@ on one CPU and on every device of an accelerator host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -29,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from fundax import losses
 from fundax.data import augment
 from fundax.models import guided_cnn, inception_v3
+from fundax.regions import CellGrid
 
 AXIS = "data"
 
@@ -41,6 +43,8 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    guidance_start: jax.Array
+    """int32: the step at which lambda starts rising (see :func:`guidance_weight_at`); −1: not yet."""
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -85,6 +89,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
         stem_width=c.stem_width,
         units_per_stage=tuple(c.units_per_stage),
         aspp_width=c.aspp_width,
+        logit_bias_init=c.logit_bias_init,
         bn_momentum=c.bn_momentum,
         dtype=jnp.dtype(config.dtype),
         axis_name=AXIS,
@@ -98,11 +103,22 @@ def activation_map_size(config: ml_collections.ConfigDict) -> int:
     return guided_cnn.activation_map_size(config.image_size)
 
 
+def activation_grid(config: ml_collections.ConfigDict) -> CellGrid:
+    """The grid the regional cue and the lesion cells are sampled on: docs/REGIONS.md's for a feature map.
+
+    Cell j is centred at (j + 0.5)·S/m; the guided CNN's receptive fields are centred
+    within half a pixel of it (:func:`fundax.models.guided_cnn.receptive_field_grid`).
+    """
+    return CellGrid.uniform(activation_map_size(config), config.image_size)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD with Nesterov momentum; the learning rate lives in the optimiser state.
 
     For ``plateau`` the loop lowers it after validation (:func:`set_learning_rate`);
-    ``cosine`` decays it over ``num_train_steps``; ``constant`` keeps it.
+    ``cosine`` decays it over ``num_train_steps``; ``constant`` keeps it. With
+    ``warmup_steps``, every update is scaled by a factor that rises linearly from
+    1/warmup_steps to 1 over the first ``warmup_steps`` steps, whatever the schedule.
     """
     if config.lr_schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(
@@ -118,18 +134,64 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             optax.sgd(learning_rate, momentum=config.momentum, nesterov=True),
         )
 
-    return optax.inject_hyperparams(sgd)(learning_rate=learning_rate)
+    warmup = functools.partial(warmup_factor, warmup_steps=config.warmup_steps)
+    return optax.chain(optax.inject_hyperparams(sgd)(learning_rate=learning_rate), optax.scale_by_schedule(warmup))
 
 
-def learning_rate(state: TrainState) -> float:
-    return float(state.opt_state.hyperparams["learning_rate"])
+def warmup_factor(count: jax.Array | int, warmup_steps: int) -> jax.Array:
+    """The learning-rate warm-up's factor at update ``count`` (0-based): (count + 1) / warmup_steps, at most 1."""
+    if warmup_steps <= 0:
+        return jnp.ones((), jnp.float32)
+    return jnp.minimum(1.0, (jnp.asarray(count, jnp.float32) + 1.0) / warmup_steps)
+
+
+def guidance_weight_at(step: jax.Array | int, start: jax.Array | int,
+                       config: ml_collections.ConfigDict) -> jax.Array:
+    """lambda of eq. 3 at train step ``step`` (0-based), the ramp having started at ``start``.
+
+    0 before ``start`` (and while ``start`` is −1: the ramp has not started), then rising
+    linearly to ``guidance_weight`` over ``guidance_ramp_steps``, then ``guidance_weight`` to
+    the end. The loop starts the ramp (:func:`set_guidance_start`) at ``guidance_delay_steps``
+    or earlier, when the classifier has learnt (``guidance_start_bce``, docs/GUIDANCE.md). With
+    both steps 0 and no gate — the paper's setting — it is ``guidance_weight`` from the start.
+    """
+    step, start = jnp.asarray(step, jnp.float32), jnp.asarray(start, jnp.float32)
+    after_start = jnp.where(start >= 0, step - start, -1.0)
+    if config.guidance_ramp_steps > 0:
+        ramp = jnp.clip((after_start + 1.0) / config.guidance_ramp_steps, 0.0, 1.0)
+    else:
+        ramp = (after_start >= 0).astype(jnp.float32)
+    return config.guidance_weight * ramp
+
+
+def initial_guidance_start(config: ml_collections.ConfigDict) -> int:
+    """Where the ramp of lambda starts in a new run: at ``guidance_delay_steps``, or −1 (the gate decides)."""
+    return -1 if config.guidance_start_bce > 0 else int(config.guidance_delay_steps)
+
+
+def set_guidance_start(state: TrainState, step: int) -> TrainState:
+    """The state with the ramp of lambda starting at ``step``."""
+    old = state.guidance_start
+    return state.replace(guidance_start=jax.device_put(np.asarray(step, old.dtype), old.sharding))
+
+
+def base_learning_rate(state: TrainState) -> float:
+    """The schedule's learning rate (``plateau`` lowers it), before the warm-up factor."""
+    return float(state.opt_state[0].hyperparams["learning_rate"])
+
+
+def learning_rate(state: TrainState, config: ml_collections.ConfigDict) -> float:
+    """The learning rate of the next update: the schedule's, times the warm-up factor."""
+    return base_learning_rate(state) * float(warmup_factor(state.step, config.warmup_steps))
 
 
 def set_learning_rate(state: TrainState, value: float) -> TrainState:
-    old = state.opt_state.hyperparams["learning_rate"]
+    """The state with the schedule's learning rate set to ``value`` (the plateau schedule's decay)."""
+    injected = state.opt_state[0]
+    old = injected.hyperparams["learning_rate"]
     new = jax.device_put(np.asarray(value, old.dtype), old.sharding)
-    hyperparams = dict(state.opt_state.hyperparams, learning_rate=new)
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+    injected = injected._replace(hyperparams=dict(injected.hyperparams, learning_rate=new))
+    return state.replace(opt_state=(injected, *state.opt_state[1:]))
 
 
 def create_train_state(
@@ -145,7 +207,8 @@ def create_train_state(
         variables = model.clone(axis_name=None).init(jax.random.PRNGKey(config.seed), images, train=False)
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+                          batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                          guidance_start=jnp.asarray(initial_guidance_start(config), jnp.int32))
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
@@ -176,15 +239,17 @@ def _global_positions(batch: dict[str, jax.Array]) -> jax.Array:
 
 
 def training_loss(outputs: dict[str, jax.Array], labels: jax.Array, region_mask: jax.Array, weights: jax.Array,
-                  config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Eq. 3, plus ``inception_v3.aux_weight`` times the auxiliary head's BCE when the model has one.
+                  config: ml_collections.ConfigDict, guidance_weight: jax.Array | float
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Eq. 3 with lambda = ``guidance_weight`` (this step's, see :func:`guidance_weight_at`), plus
+    ``inception_v3.aux_weight`` times the auxiliary head's BCE when the model has one.
 
     The auxiliary term counts in training only, as in the reference; validation losses leave it out.
     """
     total, parts = losses.total_loss(
         logits=outputs["logit"], activation_map=outputs["activation_map"], labels=labels,
-        region_mask=region_mask, weights=weights, guidance_weight=config.guidance_weight,
-        epsilon=config.epsilon)
+        region_mask=region_mask, weights=weights, guidance_weight=guidance_weight,
+        epsilon=config.epsilon, guidance_form=config.guidance_form)
     if "aux_logit" in outputs:
         total = total + config.inception_v3.aux_weight * losses.classification_loss(
             outputs["aux_logit"], labels, weights)
@@ -199,7 +264,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     ``batch``: global arrays ``image`` uint8 (B, S, S, 3), ``disc`` and ``fovea``
     (B, 2), ``region_bits`` int32 (B,), ``label`` and ``weight`` float32 (B,).
     """
-    map_size = activation_map_size(config)
+    grid = activation_grid(config)
     aug = augment_config(config)
     seed = config.seed
 
@@ -207,18 +272,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         keys = augment.example_keys(seed, state.step, _global_positions(batch))
         images, masks = augment.augment_batch(
             batch["image"], batch["disc"], batch["fovea"], batch["region_bits"], keys,
-            map_size=map_size, config=aug, train=aug is not None)
+            grid=grid, config=aug, train=aug is not None)
         local_weight = jnp.sum(batch["weight"])
         total_weight = jax.lax.psum(local_weight, AXIS)
         # Each device's loss is a weighted mean over its examples; scaled by its share
         # of the weight, the psum over devices is the weighted mean over the global batch.
         share = jnp.where(total_weight > 0, local_weight / jnp.maximum(total_weight, 1e-12), 0.0)
+        lam = guidance_weight_at(state.step, state.guidance_start, config)
 
         def loss_fn(params):
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                 mutable=["batch_stats"])
-            total, parts = training_loss(outputs, batch["label"], masks, batch["weight"], config)
+            total, parts = training_loss(outputs, batch["label"], masks, batch["weight"], config, lam)
             return total * share, (parts, updates["batch_stats"])
 
         # The params enter replicated; shard_map's autodiff transposes that broadcast
@@ -231,6 +297,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         metrics = {name: jax.lax.psum(parts[part] * share, AXIS) for name, part in names.items()}
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["weight"] = total_weight
+        metrics["guidance_weight"] = lam
         # A non-finite step never reaches the parameters: the state stays as it was and
         # the loop decides (stop, or count and go on) without a host sync every step.
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
@@ -246,28 +313,30 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: ja
     """``eval_step(state, batch) -> per-example outputs``, jitted; no augmentation.
 
     Returns, per example: ``probability``, ``label``, ``weight``, ``record_index``,
-    ``activation_map``, the per-example losses ``bce`` and ``guidance``, and the AIR
-    terms ``air_inside`` (sum of A inside the regional cue) and ``air_total`` (sum of A).
+    ``activation_map`` and the ``logit_map`` it is the sigmoid of, the per-example losses ``bce``
+    and ``guidance``, and the AIR terms ``air_inside`` (sum of A inside the regional cue) and
+    ``air_total`` (sum of A).
     """
-    map_size = activation_map_size(config)
+    grid = activation_grid(config)
 
     def per_device(state: TrainState, batch: dict[str, jax.Array]):
         images, masks = augment.augment_batch(
             batch["image"], batch["disc"], batch["fovea"], batch["region_bits"], None,
-            map_size=map_size, config=None, train=False)
+            grid=grid, config=None, train=False)
         outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
         activation = outputs["activation_map"]
         one = jnp.ones((1,), jnp.float32)
         bce = jax.vmap(lambda z, y: losses.classification_loss(z[None], y[None], one))(
             outputs["logit"], batch["label"])
-        guidance = jax.vmap(lambda a, m: losses.guidance_loss(a[None], m[None], one, config.epsilon))(
-            activation, masks)
+        guidance = jax.vmap(lambda a, m: losses.guidance_loss(
+            a[None], m[None], one, config.epsilon, config.guidance_form))(activation, masks)
         return {
             "probability": jax.nn.sigmoid(outputs["logit"]),
             "label": batch["label"],
             "weight": batch["weight"],
             "record_index": batch["record_index"],
             "activation_map": activation,
+            "logit_map": outputs["logit_map"],
             "bce": bce,
             "guidance": guidance,
             "air_inside": jnp.sum(activation * masks, axis=(1, 2)),
@@ -280,21 +349,28 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: ja
 
 @dataclasses.dataclass
 class LoopState:
-    """The host-side state of the loop: model selection and the plateau schedule."""
+    """The host-side state of the loop: model selection, the plateau schedule, the stall detector."""
 
     finding: str
     model_name: str
     learning_rate: float
-    best_val_loss: float | None = None
+    guidance_start: int | None = None  # the step at which lambda started rising (None: not yet)
+    best_score: float | None = None  # the selection metric, as a number to minimise
     best_step: int | None = None
     evals_since_best: int = 0
     stopped_early: bool = False
+    evals_at_floor: int = 0  # evaluations in a row in eq. 2's stuck state (fundax.stall)
 
-    def observe(self, step: int, val_loss: float, config: ml_collections.ConfigDict) -> bool:
-        """Record a validation loss; True when it is the best so far."""
-        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+    def observe(self, step: int, score: float, config: ml_collections.ConfigDict) -> bool:
+        """Record a validation score (lower is better); True when it is the best so far.
+
+        The score is the selection metric's (:func:`fundax.checkpoints.selection_score`):
+        it picks the best checkpoint, and its stagnation lowers the learning rate
+        (``plateau``) and stops the run early.
+        """
+        improved = self.best_score is None or score < self.best_score
         if improved:
-            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, step, 0
+            self.best_score, self.best_step, self.evals_since_best = score, step, 0
             return True
         self.evals_since_best += 1
         if config.lr_schedule == "plateau" and self.evals_since_best % config.lr_plateau_patience == 0:
@@ -302,6 +378,11 @@ class LoopState:
         patience = config.early_stopping_patience
         self.stopped_early = patience > 0 and self.evals_since_best >= patience
         return False
+
+    def observe_floor(self, at_floor: bool, config: ml_collections.ConfigDict) -> bool:
+        """Record whether an evaluation was at eq. 2's floor; True while the run is stalled."""
+        self.evals_at_floor = self.evals_at_floor + 1 if at_floor else 0
+        return self.evals_at_floor >= config.stall_patience
 
     def as_json(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), config=config.to_dict())
@@ -326,9 +407,16 @@ def gather_eval(eval_step, state: TrainState, batches, sharding: NamedSharding) 
     return {k: v[keep] for k, v in merged.items()}
 
 
-def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float) -> dict[str, float]:
-    """Weighted validation losses (eq. 1–3) and AUROC over the scored examples."""
+def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float, epsilon: float) -> dict[str, float]:
+    """Weighted validation losses (eq. 1–3), AUROC over the scored examples, and the floor numbers.
+
+    ``val_loss`` is eq. 3 with the full ``guidance_weight`` (the paper's lambda), whatever the
+    guidance warm-up has reached. ``val_floor_bce`` and ``val_positives_at_floor`` are the stall
+    detector's (:mod:`fundax.stall`).
+    """
     from sklearn.metrics import roc_auc_score
+
+    from fundax import stall
 
     w = outputs["weight"]
     total = float(w.sum())
@@ -340,5 +428,4 @@ def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float) -
                "val_examples": int(scored.sum())}
     if 0 < labels.sum() < len(labels):
         metrics["val_auroc"] = float(roc_auc_score(labels, outputs["probability"][scored]))
-    return metrics
-
+    return metrics | stall.floor_metrics(outputs, epsilon)

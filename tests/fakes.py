@@ -53,6 +53,9 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     config.eval_every_steps = 2
     config.log_every_steps = 1
     config.loader_threads = 1
+    # lambda = 1 from the first step, as the paper trains: a few steps leave no room for a warm-up.
+    config.warmup_steps = config.guidance_delay_steps = config.guidance_ramp_steps = 0
+    config.guidance_start_bce = 0.0
     for key, value in overrides.items():
         config[key] = value
     return config
@@ -66,6 +69,10 @@ def train_command(workdir, data_dir, steps, **overrides) -> list[str]:
               "checkpoint_every_steps": 2, "guided_cnn.stem_width": 4,
               "guided_cnn.units_per_stage": "(1,1,1)", "guided_cnn.aspp_width": 4, "loader_threads": 2,
               "num_train_steps": steps,
+              # The recipe's warm-up at this scale: lambda from 0 to 1 over steps 2-3 (or from the gate).
+              "warmup_steps": 1, "guidance_start_bce": 0.5, "guidance_delay_steps": 1, "guidance_ramp_steps": 2,
+              # A cosine decay depends on num_train_steps; tests that resume with more steps need a rate that does not.
+              "lr_schedule": "plateau",
               "synthetic.num_train": 40, "synthetic.num_test": 20, **overrides}
     return [sys.executable, "-m", "fundax.train", "--finding=macular_hole", f"--workdir={workdir}",
             f"--data_dir={data_dir}", "--dataset=fundus_findings/synthetic",

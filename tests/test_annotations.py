@@ -404,3 +404,35 @@ def test_consensus_rejects_min_votes_below_one(min_votes):
 def test_consensus_rejects_negative_votes():
     with pytest.raises(ValueError, match="non-negative"):
         annotations.consensus(np.array([0, -1]))
+
+
+# --- lesion masks (optional) ---------------------------------------------------------------------
+
+
+def test_lesion_masks_are_read_in_registry_order_and_kept_out_of_extra(tmp_path):
+    result = read(tmp_path, line(lesion_masks={"rnfl_defect": "m/r.png", "macular_hole": "m/h.png"}))
+    record = result.records[0]
+    assert list(record.lesion_masks.items()) == [("macular_hole", "m/h.png"), ("rnfl_defect", "m/r.png")]
+    assert "lesion_masks" not in record.extra and record.extra == {}
+    assert read(tmp_path, GOOD).records[0].lesion_masks == {}
+
+
+@pytest.mark.parametrize("value, reason", [
+    (["m/h.png"], "'lesion_masks' must be an object (finding -> mask file), got list"),
+    ({"glaucoma": "m/g.png"}, "lesion_masks: unknown finding 'glaucoma'; valid findings are: hemorrhage"),
+    ({"drusen": ""}, "lesion_masks['drusen'] must be a non-empty string, got ''"),
+    ({"drusen": 3}, "lesion_masks['drusen'] must be a non-empty string, got 3"),
+    ({"drusen": "/abs/d.png"}, "lesion_masks['drusen'] must be relative to the manual directory"),
+    ({"drusen": "../d.png"}, "lesion_masks['drusen'] '../d.png' escapes the manual directory"),
+    ({"drusen": "m/d.bmp"}, "lesion_masks['drusen'] 'm/d.bmp' has an unsupported extension"),
+])
+def test_bad_lesion_masks(tmp_path, value, reason):
+    assert rejected(tmp_path, line(lesion_masks=value)).startswith(reason)
+
+
+def test_lesion_mask_symlink_leading_outside_is_rejected(tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}_outside"
+    outside.mkdir()
+    (tmp_path / "m").symlink_to(outside, target_is_directory=True)
+    reason = rejected(tmp_path, line(lesion_masks={"drusen": "m/d.png"}))
+    assert reason.startswith("lesion_masks['drusen'] 'm/d.png' escapes the manual directory (it resolves to")

@@ -18,7 +18,7 @@ from fundax.data.augment import (
     warp_image,
     warp_region_mask,
 )
-from fundax.regions import ALL_REGIONS_BITS, region_ids, region_map, region_mask
+from fundax.regions import ALL_REGIONS_BITS, CellGrid, grid_mask, region_ids, region_map, region_mask
 
 # A right eye (disc left of the fovea, L tilted slightly up) and a left eye, in a 96 px frame.
 RIGHT_EYE = ((30.0, 50.0), (66.0, 47.0))
@@ -30,7 +30,7 @@ FLIP_ONLY = AugmentConfig(**NO_AFFINE | dict(flip=True, intensity=(1.0, 1.0)))
 STRONG = AugmentConfig(scale=(0.8, 1.25), rotation_deg=180.0, translation=0.1, shear_deg=20.0)
 
 # Jitted once per shape, so the tests spend their time checking rather than dispatching.
-augment_jit = jax.jit(augment_batch, static_argnames=("map_size", "config", "train"))
+augment_jit = jax.jit(augment_batch, static_argnames=("grid", "config", "train"))
 warp_jit = jax.jit(warp_image, static_argnames=("output_size_px",))
 keys_jit = jax.jit(example_keys)
 
@@ -77,7 +77,7 @@ def test_identity_gives_images_over_255_and_numpy_region_masks(eye, size, map_si
         jnp.tile(jnp.asarray(fovea, jnp.float32), (batch, 1)),
         jnp.asarray(bits),
         None,
-        map_size=map_size,
+        grid=CellGrid.uniform(map_size, size),
         config=config,
         train=False,
     )
@@ -226,7 +226,7 @@ def test_lesion_still_lands_in_its_region_cell_after_random_affines(config, eye)
     keys = keys_jit(7, 11, jnp.arange(batch))
     out, masks = augment_jit(
         jnp.asarray(images), disc, fovea, jnp.asarray(1 << regions), keys,
-        map_size=map_size, config=config, train=True,
+        grid=CellGrid.uniform(map_size, S), config=config, train=True,
     )
     out, masks = np.asarray(out), np.asarray(masks)
     inverses = np.asarray(drawn_inverses(keys, S, config))
@@ -257,7 +257,7 @@ def test_flipped_mask_equals_region_map_of_flipped_disc_and_fovea():
     bits = jnp.asarray(np.tile(1 << np.arange(8), batch), jnp.int32)
     out, masks = augment_jit(
         jnp.asarray(images[per_region]), disc, fovea, bits, keys[per_region],
-        map_size=map_size, config=config, train=True,
+        grid=CellGrid.uniform(map_size, S), config=config, train=True,
     )
     out, masks = np.asarray(out), np.asarray(masks).reshape(batch, 8, map_size, map_size)
     np.testing.assert_array_equal(masks.sum(1), 1.0)
@@ -278,20 +278,23 @@ def test_flipped_mask_equals_region_map_of_flipped_disc_and_fovea():
     assert 2 < flips < batch - 2
 
 
-def test_warp_region_mask_agrees_with_numpy_regions_of_mapped_cell_centres():
-    map_size = 12
+@pytest.mark.parametrize("grid", [CellGrid.uniform(12, S), CellGrid(6, 16.0, 15.5)], ids=["uniform", "offset"])
+def test_warp_region_mask_agrees_with_numpy_regions_of_mapped_cell_centres(grid):
     inverses = np.asarray(drawn_inverses(keys_jit(9, 0, jnp.arange(64)), S, STRONG))[:8]
-    render = jax.jit(
-        jax.vmap(warp_region_mask, in_axes=(0, None, None, None, None, None)), static_argnums=(4, 5)
-    )
-    masks = np.asarray(render(jnp.asarray(inverses), *map(jnp.asarray, RIGHT_EYE), 1 << 0, map_size, S))
-    centres = (np.arange(map_size) + 0.5) * S / map_size
+    render = jax.jit(jax.vmap(warp_region_mask, in_axes=(0, None, None, None, None)), static_argnums=(4,))
+    masks = np.asarray(render(jnp.asarray(inverses), *map(jnp.asarray, RIGHT_EYE), 1 << 0, grid))
+    # Hand-computed centres: (j + 0.5) * 96 / 12 = 4, 12, ..., 92; or 15.5 + 16 j = 15.5, ..., 95.5.
+    centres = {12: np.arange(4.0, 96.0, 8.0), 6: np.arange(15.5, 96.0, 16.0)}[grid.size]
     x, y = np.meshgrid(centres, centres)
     for inverse, mask in zip(inverses.astype(np.float64), masks):
         back = np.einsum("ij,jhw->ihw", inverse, np.stack([x, y, np.ones_like(x)]))
         macula = region_ids(back[0], back[1], *RIGHT_EYE) == 0
         assert macula.any()
         np.testing.assert_array_equal(mask, macula.astype(np.float32))
+    # Without augmentation the mask is the grid's own numpy mask.
+    _, plain = augment_jit(jnp.zeros((1, S, S, 3), jnp.uint8), *(jnp.asarray(v)[None] for v in RIGHT_EYE),
+                           jnp.asarray([1], jnp.int32), None, grid=grid, config=None, train=False)
+    np.testing.assert_array_equal(np.asarray(plain)[0], grid_mask(grid, *RIGHT_EYE, 1))
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -336,7 +339,7 @@ def test_intensity_gain_is_in_range_and_clipped_to_one():
     disc, fovea = jnp.zeros((batch, 2)), jnp.ones((batch, 2))
     out, _ = augment_jit(
         jnp.asarray(images), disc, fovea, jnp.zeros(batch, jnp.int32), keys,
-        map_size=4, config=config, train=True,
+        grid=CellGrid.uniform(4, 32), config=config, train=True,
     )
     out = np.asarray(out)
     gains = out[:, 0, 0, 0] * 255 / 100
@@ -359,7 +362,7 @@ def test_strong_augmentation_stays_in_unit_interval_and_empty_bits_give_empty_ma
     index = np.arange(batch)
     out, masks = augment_jit(
         images, disc, fovea, jnp.asarray(bits), keys_jit(0, 0, jnp.asarray(index)),
-        map_size=24, config=STRONG, train=True,
+        grid=CellGrid.uniform(24, S), config=STRONG, train=True,
     )
     out, masks = np.asarray(out), np.asarray(masks)
     assert out.shape == (batch, S, S, 3) and masks.shape == (batch, 24, 24)
@@ -370,7 +373,7 @@ def test_strong_augmentation_stays_in_unit_interval_and_empty_bits_give_empty_ma
     order = np.roll(index, 5)
     moved_out, moved_masks = augment_jit(
         images[order], disc, fovea, jnp.asarray(bits[order]), keys_jit(0, 0, jnp.asarray(order)),
-        map_size=24, config=STRONG, train=True,
+        grid=CellGrid.uniform(24, S), config=STRONG, train=True,
     )
     np.testing.assert_array_equal(np.asarray(moved_out), out[order])
     np.testing.assert_array_equal(np.asarray(moved_masks), masks[order])
@@ -380,9 +383,9 @@ def test_training_without_keys_or_with_non_square_images_is_refused():
     geometry = (jnp.zeros((2, 2)), jnp.ones((2, 2)), jnp.zeros(2, jnp.int32))
     square, oblong = jnp.zeros((2, 8, 8, 3), jnp.uint8), jnp.zeros((2, 8, 6, 3), jnp.uint8)
     with pytest.raises(ValueError, match="one key per example"):
-        augment_batch(square, *geometry, None, map_size=2, config=AugmentConfig(), train=True)
+        augment_batch(square, *geometry, None, grid=CellGrid.uniform(2, 8), config=AugmentConfig(), train=True)
     with pytest.raises(ValueError, match="square"):
-        augment_batch(oblong, *geometry, None, map_size=2, config=None, train=False)
+        augment_batch(oblong, *geometry, None, grid=CellGrid.uniform(2, 8), config=None, train=False)
 
 
 # --- config ------------------------------------------------------------------------------

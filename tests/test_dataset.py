@@ -188,3 +188,70 @@ def test_annotation_reader_and_prepare_agree_on_votes(manual):
     root, _ = manual
     read = annotations.read_annotations(root / "annotations.jsonl")
     assert read.num_read == 15 and len(read.rejections) == 2  # schema-level: bad JSON and the escape
+
+
+def test_lesion_masks_are_prepared_through_the_photographs_crop_and_bad_ones_rejected(tmp_path):
+    root = tmp_path / "manual"
+    _photo(root / "images" / "a.png")
+    mask = np.zeros((H, W), np.uint8)
+    mask[20:28, 40:48] = 255  # rows 20..27, columns 40..47 of the photograph
+    (root / "masks").mkdir(parents=True)
+    cv2.imwrite(str(root / "masks" / "a_mh.png"), mask)
+    cv2.imwrite(str(root / "masks" / "small.png"), mask[:30])
+
+    def with_masks(image_id, masks):
+        return json.dumps(json.loads(_line(image_id, "images/a.png", split="test")) | {"lesion_masks": masks})
+
+    lines = [with_masks("good", {"macular_hole": "masks/a_mh.png"}),
+             _line("none", "images/a.png", split="test"),
+             with_masks("small", {"macular_hole": "masks/small.png"}),
+             with_masks("gone", {"drusen": "masks/nothere.png"}),
+             with_masks("escape", {"drusen": "../x.png"}),
+             with_masks("unknown", {"glaucoma": "masks/a_mh.png"})]
+    # Every split needs a photograph: one train line and one the hash sends to validation.
+    ids = [f"t{i}" for i in range(40)]
+    lines += [_line(next(i for i in ids if not fundus_findings.is_validation(i)), "images/a.png"),
+              _line(next(i for i in ids if fundus_findings.is_validation(i)), "images/a.png")]
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    result = prepare.prepare("manual", tmp_path / "data", image_size_px=32, manual_dir=root, show_progress=False)
+    reasons = {json.loads(r["text"])["image_id"]: r["reason"]
+               for r in map(json.loads, result.rejects_path.read_text().splitlines())}
+    assert set(reasons) == {"small", "gone", "escape", "unknown"}
+    assert "the lesion mask is 80×30 pixels but the photograph is 80×60" in reasons["small"]
+    assert "nothere.png: no such file" in reasons["gone"]
+    assert "lesion_masks['drusen'] '../x.png' escapes the manual directory" in reasons["escape"]
+    assert "unknown finding 'glaucoma'" in reasons["unknown"]
+    source = pipeline.open_split("fundus_findings/manual", tmp_path / "data", "test", decode_images=False)
+    records = {source[i]["image_id"].decode(): source[i] for i in range(len(source))}
+    mh = findings.finding_index("macular_hole")
+    good, none = records["good"], records["none"]
+    assert good["lesion_known"] == 1 << mh and none["lesion_known"] == 0
+    assert not none["lesion_bits"].any()
+    # The fundus box is rows 3..57, columns 13..67 (55 x 55), scaled by 32/55 = 1/1.71875: mask rows
+    # [17, 25) of it land on prepared rows 9..14 (r * 1.71875 < 25 and (r + 1) * 1.71875 > 17), columns
+    # [27, 35) on 15..20, any overlap counting.
+    assert fundus_findings.images.fundus_box(cv2.imread(str(root / "images" / "a.png"))) == (3, 13, 58, 68)
+    on = good["lesion_bits"][..., 0] == 1 << mh
+    rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (9, 14, 15, 20)
+    assert on[9:15, 15:21].all() and on.sum() == 36
+
+
+def test_training_draws_only_photographs_with_a_certain_grade():
+    import fakes
+
+    source = fakes.records(40)
+    example = pipeline.FindingExample("macular_hole", 2)
+    votes = np.array([r["votes"][example.index] for r in source])
+    scored, labels = pipeline.scored_indices(source, example)
+    np.testing.assert_array_equal(scored, np.flatnonzero(votes != 1))  # one vote of three: excluded
+    np.testing.assert_array_equal(labels, votes[scored] >= 2)
+    assert 0 < len(scored) < 40
+    batches = len(scored) // 4
+    stream = iter(pipeline.train_dataset(source, example, global_batch=4, seed=0, threads=1, indices=scored))
+    discs = np.concatenate([next(stream)["disc"] for _ in range(batches)])
+    # One epoch: distinct scored photographs only (each record's disc is unique), all weighing 1.
+    seen = [int(np.flatnonzero((np.array([r["disc"] for r in source]) == d).all(1))[0]) for d in discs]
+    assert len(set(seen)) == len(seen) == 4 * batches and set(seen) <= set(scored.tolist())
+    with pytest.raises(pipeline.DatasetError, match="no photograph of the training split has a certain grade"):
+        pipeline.train_dataset(source, example, global_batch=4, seed=0, indices=np.array([], np.int64))

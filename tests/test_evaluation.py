@@ -87,6 +87,46 @@ def test_checkpoint_choice_and_errors(runs, tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_pointing_game_and_lesion_share_from_the_prepared_lesion_masks(runs):
+    from fundax import metrics, trainer
+    from fundax.data import pipeline
+
+    prepared, workdirs, results = runs
+    eval_dir = workdirs["with"] / "eval"
+    outputs = dict(np.load(eval_dir / "test_outputs.npz"))
+    result = results["with"]
+    config = evaluation.load_config(workdirs["with"])
+    source = pipeline.open_split(config.dataset, config.data_dir, "test", decode_images=False)
+    grid = trainer.activation_grid(config)
+    assert (grid.size, grid.stride_px, grid.offset_px) == (2, 16.0, 8.0)  # docs/REGIONS.md: (j + 0.5) * 32 / 2
+    bit = 1 << 5  # macular_hole
+    hits, shares, tp_hits = [], [], []
+    for k in range(len(outputs["record_index"])):
+        record = source[int(outputs["record_index"][k])]
+        positive = outputs["weight"][k] > 0 and outputs["label"][k] > 0
+        known = positive and bool(record["lesion_known"] & bit)  # every synthetic positive has its mask
+        assert bool(outputs["lesion_known"][k]) == known and (not positive or known)
+        if not known:
+            assert np.isnan(outputs["pointing_hit"][k])
+            continue
+        on = metrics.lesion_cells(record["lesion_bits"][..., 0] & bit, grid.centres(), grid.stride_px)
+        z = outputs["logit_map"][k].astype(np.float64)
+        a = outputs["activation_map"][k].astype(np.float64)
+        hits.append(float(on.flat[np.argmax(z)]))  # the peak of the logits: activations may tie at 1
+        shares.append(a[on].sum() / a.sum())
+        if outputs["probability"][k] >= result["threshold"]:
+            tp_hits.append(hits[-1])
+    assert result["n_lesion_positive"] == len(hits) == result["n_positive"] > 0
+    assert result["pointing_positive"] == pytest.approx(np.mean(hits))
+    # The maps were stored as float16: allow its rounding in the share.
+    assert result["lesion_share_positive"] == pytest.approx(np.mean(shares), abs=2e-3)
+    assert result["n_lesion_tp"] == len(tp_hits) == result["n_tp"]
+    assert result["pointing_tp"] == pytest.approx(np.mean(tp_hits))
+    with open(eval_dir / "test_examples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pointing_hit"] != "" for r in rows] == list(outputs["lesion_known"])
+
+
 def test_report_table_delong_and_figure3(runs, tmp_path):
     _, workdirs, results = runs
     loaded = [report.load_run(w, "test") for w in workdirs.values()]
@@ -154,7 +194,9 @@ def test_metrics_file_is_written_last_so_a_crash_leaves_no_finished_evaluation(t
     outputs = {"air_inside": np.ones(2, np.float32), "air_total": np.full(2, 2.0, np.float32),
                "weight": np.ones(2, np.float32), "label": np.array([1.0, 0.0], np.float32),
                "probability": np.array([0.9, 0.1], np.float32), "record_index": np.arange(2),
-               "activation_map": np.zeros((2, 2, 2), np.float32)}
+               "activation_map": np.zeros((2, 2, 2), np.float32), "logit_map": np.zeros((2, 2, 2), np.float32),
+               "lesion_known": np.array([True, False]),
+               "pointing_hit": np.array([1.0, np.nan]), "lesion_share": np.array([0.5, np.nan])}
     result = {"auroc": 1.0, "specificity": 1.0, "sensitivity": 1.0, "finding": "drusen", "checkpoint_step": 1}
 
     def crash(*args, **kwargs):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fundax.findings import FINDINGS, get_finding
-from fundax.models import GuidedCNN, activation_map_size
+from fundax.models import GuidedCNN, activation_map_size, guided_cnn
+from fundax.regions import CellGrid
 
 # Narrow widths keep every test to a fraction of a second on a CPU.
 TINY = dict(stem_width=4, units_per_stage=(1, 1, 1), aspp_width=4)
@@ -108,6 +109,33 @@ def test_activation_map_size_rounds_up_like_the_network():
     model = GuidedCNN.from_finding("drusen", **TINY)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 50, 50, 3)))[0])
     assert out["logit_map"].shape == (1, 4, 4)
+
+
+def test_receptive_fields_are_centred_within_half_a_pixel_of_the_cue_grid():
+    # On even sides the reductions pad first, first, first, last: -0.5 - 1 - 2 + 4 = +0.5 px from the
+    # middle of each cell, so cell j of a side that is a multiple of 16 is centred at 16 j + 8.5.
+    assert guided_cnn.reduction_padding(128, pad_first=True) == (1, 0)
+    assert guided_cnn.reduction_padding(128, pad_first=False) == (0, 1)
+    assert guided_cnn.reduction_padding(25, pad_first=True) == (1, 1)  # odd: symmetric
+    assert guided_cnn.receptive_field_grid(512) == CellGrid(32, 16.0, 8.5)
+    assert guided_cnn.receptive_field_grid(128) == CellGrid(8, 16.0, 8.5)
+    cue = CellGrid.uniform(8, 128)  # docs/REGIONS.md: cell j centred at (j + 0.5) * 16
+    np.testing.assert_array_equal(guided_cnn.receptive_field_grid(128).centres() - cue.centres(), 0.5)
+    # Probe: with positive weights and a positive input every ReLU is open, so the pixels a cell's
+    # logit depends on (its gradient's support) are its whole receptive field: reduction 4's 87 px
+    # plus the one 3x3 atrous branch (+-16 px) = 119 px, centred at 16 j + 8.5: pixels 77..195 for
+    # cell 8, 29..147 for cell 5.
+    model = GuidedCNN(atrous_rates=(1,), max_pool_before_gap=False, **TINY)
+    images = np.ones((1, 256, 256, 3), np.float32)
+    variables = _random_variables(model, images)
+    variables = {"params": jax.tree.map(lambda w: np.abs(w) + 0.01, variables["params"]),
+                 "batch_stats": variables["batch_stats"]}
+    grad = jax.grad(lambda x: model.apply(variables, x)["logit_map"][0, 8, 5])(images)
+    support = np.abs(np.asarray(grad[0])).sum(-1) > 0
+    rows, cols = np.flatnonzero(support.any(1)), np.flatnonzero(support.any(0))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (77, 195, 29, 147)
+    centre = guided_cnn.receptive_field_grid(256).centres()
+    assert ((rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2) == (centre[8], centre[5])
 
 
 def test_three_stages_are_required():

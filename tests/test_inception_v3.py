@@ -15,7 +15,8 @@ from scipy.special import expit
 import fakes
 from fundax import loop, trainer
 from fundax.models import InceptionV3
-from fundax.models.inception_v3 import activation_map_size
+from fundax.models.inception_v3 import activation_map_size, receptive_field_grid
+from fundax.regions import CellGrid
 
 
 def _count(tree) -> int:
@@ -61,6 +62,19 @@ def test_output_shapes_follow_the_valid_reductions(size_px, side):
         "logit": ((2,), jnp.float32), "logit_map": ((2, side, side), jnp.float32),
         "activation_map": ((2, side, side), jnp.float32)}
     assert activation_map_size(size_px) == side
+
+
+def test_cam_receptive_fields_are_centred_inside_the_valid_border():
+    # Seven VALID layers: a 3x3 one centres output i on input k i + 1 (stride k), so the offsets add
+    # 1 + 2 + 2 + 4 + 4 + 8 + 16 = 37 to pixel 0's centre 0.5; the stride is 2*2*2*2*2 = 32.
+    assert receptive_field_grid(299) == CellGrid(8, 32.0, 37.5)
+    centres = receptive_field_grid(299).centres()
+    np.testing.assert_array_equal(centres + centres[::-1], 299.0)  # symmetric about the image centre
+    assert receptive_field_grid(75).centres().tolist() == [37.5]  # the one cell of the smallest input: its centre
+    assert receptive_field_grid(144).centres().tolist() == [37.5, 69.5, 101.5]
+    # docs/REGIONS.md's grid, where the cue is sampled, has (j + 0.5) * 299 / 8: up to 18.8 px away.
+    offsets = centres - CellGrid.uniform(8, 299).centres()
+    assert offsets[0] == pytest.approx(18.8125) and offsets[-1] == pytest.approx(-18.8125)
 
 
 def test_auxiliary_logit_in_training_only():
@@ -129,13 +143,13 @@ def test_training_loss_adds_the_auxiliary_bce_with_its_weight():
     outputs = {"logit": jnp.zeros(2), "activation_map": jnp.full((2, 2, 2), 0.5),
                "aux_logit": jnp.array([math.log(3.0), 0.0])}
     mask = jnp.zeros((2, 2, 2))
-    total, parts = trainer.training_loss(outputs, labels, mask, weights, config)
+    total, parts = trainer.training_loss(outputs, labels, mask, weights, config, 0.0)
     # BCE(0 | 1) = BCE(0 | 0) = ln 2; BCE(ln 3 | 1) = -ln(3/4).
     assert float(parts["classification"]) == pytest.approx(math.log(2))
     assert float(total) == pytest.approx(math.log(2) + 0.4 * (math.log(4 / 3) + math.log(2)) / 2)
     assert float(parts["total"]) == pytest.approx(float(total))
     del outputs["aux_logit"]
-    assert float(trainer.training_loss(outputs, labels, mask, weights, config)[0]) == pytest.approx(math.log(2))
+    assert float(trainer.training_loss(outputs, labels, mask, weights, config, 0.0)[0]) == pytest.approx(math.log(2))
 
 
 @pytest.mark.parametrize("overrides, message", [

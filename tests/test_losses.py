@@ -114,3 +114,38 @@ def test_losses_are_float32_for_bfloat16_inputs():
         LOGITS[:2].astype(jnp.bfloat16), ACTIVATION.astype(jnp.bfloat16), LABELS[:2], MASK, jnp.ones(2)
     )
     assert {v.dtype for v in (total, *parts.values())} == {jnp.dtype(jnp.float32)}
+
+
+def test_log_complement_ablation_by_hand():
+    # Example 0, outside the mask: -ln(1 - 0.5) - ln(1 - 1e-4) - ln(1 - 0.9) = ln 2 - ln(0.9999) + ln 10.
+    expected = math.log(2) - math.log(0.9999) + math.log(10)
+    loss = guidance_loss(ACTIVATION[:1], MASK[:1], jnp.ones(1), form="log_complement")
+    assert float(loss) == pytest.approx(expected / 4, rel=1e-6)
+    assert float(loss) > 0  # a cross entropy against 0: it never goes below 0
+    # Its ceiling is -ln(eps), where eq. 2's floor is ln(eps): a = 1 - 1e-6 everywhere, no mask.
+    top = guidance_loss(jnp.full((1, 2, 2), 1 - 1e-6), jnp.zeros((1, 2, 2)), jnp.ones(1), form="log_complement")
+    assert float(top) == pytest.approx(-math.log(EPSILON), rel=1e-5)
+
+
+def test_in_logit_space_eq2_pulls_dark_cells_hardest_and_the_ablation_bright_ones():
+    # d/dz of each form's per-cell term, with a = sigmoid(z): eq. 2 gives 1 - a, the ablation a.
+    z = jnp.array([[[-3.0, 0.0], [2.0, 4.0]]])
+    a = jax.nn.sigmoid(z)
+    outside, one = jnp.zeros_like(z), jnp.ones(1)
+    eq2 = jax.grad(lambda z: guidance_loss(jax.nn.sigmoid(z), outside, one))(z) * 4
+    ablation = jax.grad(lambda z: guidance_loss(jax.nn.sigmoid(z), outside, one, form="log_complement"))(z) * 4
+    np.testing.assert_allclose(eq2, 1 - a, rtol=1e-5)
+    np.testing.assert_allclose(ablation, a, rtol=1e-5)
+    assert np.all(np.diff(np.asarray(eq2).ravel()) < 0) and np.all(np.diff(np.asarray(ablation).ravel()) > 0)
+
+
+def test_unknown_guidance_form_is_refused():
+    with pytest.raises(ValueError, match="guidance form must be one of 'eq2', 'log_complement', got 'l2'"):
+        guidance_loss(ACTIVATION, MASK, jnp.ones(2), form="l2")
+
+
+def test_lambda_may_be_a_traced_scalar():
+    logits, labels, weights = LOGITS[:2], LABELS[:2], jnp.ones(2)
+    jitted = jax.jit(lambda lam: total_loss(logits, ACTIVATION, labels, MASK, weights, guidance_weight=lam)[0])
+    eager = total_loss(logits, ACTIVATION, labels, MASK, weights, guidance_weight=0.25)[0]
+    assert float(jitted(jnp.float32(0.25))) == pytest.approx(float(eager), abs=1e-6)

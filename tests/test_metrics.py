@@ -369,3 +369,48 @@ def test_evaluation_metrics_notes_true_positives_without_cues():
 def test_evaluation_metrics_refuses_misaligned_air():
     with pytest.raises(ValueError):
         evaluation_metrics([0, 1], [0.1, 0.9], [1.0], [1.0])
+
+
+# --- localisation on the lesion --------------------------------------------------------------
+
+
+def test_lesion_cells_use_the_cells_footprints_around_their_centres():
+    # A 32 px input, 2 cells of 16 px centred at 15.5 and 31.5 (the guided CNN's grid): cell 0's
+    # footprint is pixels 7..22, cell 1's 23..31 (clipped at the border); pixels 0..6 are in none.
+    centres = [15.5, 31.5]
+    lesion = np.zeros((32, 32), bool)
+    lesion[7, 22] = True  # row 7 -> cell row 0; column 22 -> cell column 0
+    np.testing.assert_array_equal(metrics.lesion_cells(lesion, centres, 16.0), [[True, False], [False, False]])
+    lesion[:] = False
+    lesion[23, 6] = True  # row 23 -> cell row 1; column 6 lies in no footprint
+    assert not metrics.lesion_cells(lesion, centres, 16.0).any()
+    lesion[31, 31] = True
+    np.testing.assert_array_equal(metrics.lesion_cells(lesion, centres, 16.0), [[False, False], [False, True]])
+    # The uniform grid of 4 cells on 8 px: footprints 0-1, 2-3, 4-5, 6-7.
+    lesion = np.zeros((8, 8), bool)
+    lesion[2:4, 5] = True
+    want = np.zeros((4, 4), bool)
+    want[1, 2] = True
+    np.testing.assert_array_equal(metrics.lesion_cells(lesion, [1.0, 3.0, 5.0, 7.0], 2.0), want)
+    with pytest.raises(ValueError, match="square"):
+        metrics.lesion_cells(np.zeros((4, 5), bool), [1.0, 3.0], 2.0)
+
+
+def test_pointing_game_share_and_chance_by_hand():
+    # Logits 0, ln 3, -ln 3, 0: activations 1/2, 3/4, 1/4, 1/2; the peak is the ln 3 cell.
+    logits = np.array([[0.0, np.log(3.0)], [-np.log(3.0), 0.0]])
+    on = np.array([[False, True], [True, False]])
+    hit, share, chance = metrics.lesion_localisation(logits, on)
+    assert hit and share == pytest.approx((0.75 + 0.25) / 2.0) and chance == 0.5
+    hit, share, chance = metrics.lesion_localisation(logits, ~on)
+    assert not hit and share == pytest.approx(1.0 / 2.0) and chance == 0.5
+    # Saturated activations tie at 1 in float32; the logits still say which cell peaks.
+    saturated = np.array([[40.0, 41.0], [-50.0, 39.0]], np.float32)
+    assert (1 / (1 + np.exp(-saturated[0]))).tolist() == [1.0, 1.0]
+    assert metrics.lesion_localisation(saturated, np.array([[False, True], [False, False]]))[0]
+    with pytest.raises(ValueError, match="differ"):
+        metrics.lesion_localisation(logits, on[:1])
+    summary = metrics.localisation_summary([1.0, 0.0, 1.0], [0.5, np.nan, 0.7], [0.25, 0.25, 0.5])
+    assert summary == {"pointing": pytest.approx(2 / 3), "lesion_share": pytest.approx(0.6),
+                       "pointing_chance": pytest.approx(1 / 3), "count": 3}
+    assert metrics.localisation_summary([], [], [])["pointing"] is None

@@ -172,9 +172,12 @@ def _saving_without_iterator(save):
     return wrapped
 
 
-def _train_steps(data_dir, workdir, steps):
-    return loop.train_and_evaluate(_config(data_dir, num_train_steps=steps), workdir, data_dir,
-                                   show_progress=False)
+def _train_steps(data_dir, workdir, steps, **overrides):
+    config = _config(data_dir, num_train_steps=steps)
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    return loop.train_and_evaluate(config, workdir, data_dir, show_progress=False)
 
 
 def test_damaged_latest_checkpoint_falls_back_to_an_intact_one(prepared_dir, tmp_path, caplog):
@@ -200,6 +203,16 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(prepared_dir, tmp_pa
     with pytest.raises(checkpoints.NoIntactCheckpointError, match="no intact checkpoint .*refusing to start over"):
         _train_steps(prepared_dir, tmp_path, 6)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+
+
+def test_a_checkpoint_of_another_layout_is_refused_and_left_in_place(prepared_dir, tmp_path):
+    _train_steps(prepared_dir, tmp_path, 2)
+    # A deeper first stage: the saved train state has fewer parameters than this config's.
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="checkpoint 2 in .* holds a train state of another "
+                                                                  "layout .* train in another --workdir"):
+        _train_steps(prepared_dir, tmp_path, 4, **{"guided_cnn.units_per_stage": (2, 1, 1)})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert not (tmp_path / checkpoints.DAMAGED_DIR).exists()
 
 
 def test_busy_workdir_is_refused(prepared_dir, tmp_path):

@@ -153,3 +153,23 @@ def test_a_finished_grid_is_skipped_and_reported(grid, capsys):
     scored = metrics["n_positive"] + metrics["n_negative"]
     assert all(int(p["n_examples"]) == scored for p in pairs)
     assert f"| Macular Hole | 0 | With | Without | {scored} |" in markdown
+
+
+@pytest.mark.slow
+def test_the_report_gives_localisation_on_the_lesion_and_the_stall_verdict_per_run(grid):
+    root, data = grid
+    markdown = table1.write_report(table1.plan(table1.parser().parse_args(
+        [f"--root={root}", f"--data_dir={data}", "--findings=macular_hole"])), root, "test")
+    lines = markdown.splitlines()
+    section = lines.index("## On the lesion itself (photographs with lesion masks)")
+    head = next(line for line in lines[section:] if line.startswith("| Findings"))
+    assert head == ("| Findings | Pointing game (TP) Inception-v3 | Pointing game (TP) With | Pointing game (TP) Without "
+                    "| Activation on the lesion (TP) Inception-v3 | Activation on the lesion (TP) With "
+                    "| Activation on the lesion (TP) Without |")
+    guided = json.loads((root / "macular_hole" / "guided" / "seed0" / "eval" / "test_metrics.json").read_text())
+    row = next(line for line in lines[section:] if line.startswith("| Macular Hole |"))
+    assert row.split(" | ")[2].strip("* ") == f"{guided['pointing_tp']:.4f}"
+    # Two steps of a tiny network: the detector needs stall_patience (2) evaluations at the floor.
+    per_run = [line for line in lines if line.startswith("| Macular Hole | guided | 0 |")]
+    assert len(per_run) == 1 and per_run[0].endswith(f"| {guided['checkpoint_step']} | never stuck |")
+    assert table1.stall_steps(root / "macular_hole" / "guided" / "seed0") == []

@@ -1,13 +1,16 @@
 """The data-parallel train step, the eval step, resume and the loop's schedule."""
 
+import pathlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fakes
-from fundax import checkpoints, trainer
+from fundax import checkpoints, stall, trainer
 from fundax.data import pipeline
 
 
@@ -92,8 +95,10 @@ def test_validation_metrics_by_hand():
         "bce": np.array([0.1, 0.2, 5.0, 0.3]),
         "guidance": np.array([-1.0, -2.0, -9.0, -3.0]),
     }
-    m = trainer.validation_metrics(outputs, guidance_weight=0.5)
+    m = trainer.validation_metrics(outputs, guidance_weight=0.5, epsilon=1e-3)
     assert m["val_bce"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3, the weight-0 row left out
+    # One scored positive in three, predicted 0.9: not at the floor.
+    assert m["val_floor_bce"] == pytest.approx(stall.floor_bce(1 / 3, 1e-3)) and m["val_positives_at_floor"] == 0
     assert m["val_guidance"] == pytest.approx(-2.0)
     assert m["val_loss"] == pytest.approx(0.2 + 0.5 * -2.0)
     assert m["val_auroc"] == pytest.approx(1.0)  # 0.9 above both negatives
@@ -120,9 +125,9 @@ def test_set_learning_rate_changes_the_update():
     config = fakes.tiny_config()
     mesh, model, tx, _ = _setup(config, 1)
     state = trainer.create_train_state(model, tx, config, mesh)
-    assert trainer.learning_rate(state) == pytest.approx(config.learning_rate)
+    assert trainer.learning_rate(state, config) == pytest.approx(config.learning_rate)
     state = trainer.set_learning_rate(state, 0.001)
-    assert trainer.learning_rate(state) == pytest.approx(0.001)
+    assert trainer.learning_rate(state, config) == pytest.approx(0.001)
 
 
 def test_resume_continues_with_saved_optimizer_and_iterator_state(tmp_path):
@@ -194,3 +199,85 @@ def test_bad_schedule_settings_are_named():
     assert "lr_plateau_factor must lie in (0, 1], got 1.5" in message
     assert "min_learning_rate must lie in [0, learning_rate], got 1.0" in message
     loop.check_config(fakes.tiny_config(), 8)
+
+
+def test_guidance_warm_up_schedule_by_hand():
+    config = fakes.tiny_config(guidance_weight=1.0, guidance_ramp_steps=4)
+    # The ramp starts at step 2: steps 0-1 0; then (step - 2 + 1) / 4 = 1/4, 2/4, 3/4, 1; then 1 to the end.
+    got = [float(trainer.guidance_weight_at(s, 2, config)) for s in range(9)]
+    assert got == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert [float(trainer.guidance_weight_at(s, -1, config)) for s in range(9)] == [0.0] * 9  # not started
+    config = fakes.tiny_config(guidance_weight=0.5, guidance_ramp_steps=0)
+    assert [float(trainer.guidance_weight_at(s, 3, config)) for s in range(5)] == [0, 0, 0, 0.5, 0.5]
+    paper = fakes.tiny_config(guidance_weight=1.0)  # no delay, no ramp, no gate: lambda = 1 from the first step
+    assert trainer.initial_guidance_start(paper) == 0 and float(trainer.guidance_weight_at(0, 0, paper)) == 1.0
+    gated = fakes.tiny_config(guidance_start_bce=0.5, guidance_delay_steps=300)
+    assert trainer.initial_guidance_start(gated) == -1  # the loop starts it: the gate, or step 300
+    assert trainer.initial_guidance_start(fakes.tiny_config(guidance_delay_steps=7)) == 7
+
+
+def test_learning_rate_warm_up_scales_the_first_updates():
+    assert [float(trainer.warmup_factor(c, 4)) for c in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert float(trainer.warmup_factor(0, 0)) == 1.0
+    # One SGD step (no momentum history yet) moves every parameter by lr * factor * gradient.
+    config = fakes.tiny_config(learning_rate=0.1, warmup_steps=4, momentum=0.0)
+    tx = trainer.make_optimizer(config)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    grads = {"w": jnp.array([1.0, 2.0, -1.0])}
+    for factor in (0.25, 0.5):
+        updates, state = tx.update(grads, state, params)
+        np.testing.assert_allclose(updates["w"], -0.1 * factor * grads["w"], rtol=1e-6)
+
+
+def test_train_step_logs_the_guidance_weight_it_used():
+    config = fakes.tiny_config(guidance_weight=1.0, guidance_delay_steps=1, guidance_ramp_steps=2)
+    _, history = _train(config, 1, fakes.records(16), 4)
+    assert [h["guidance_weight"] for h in history] == [0.0, 0.5, 1.0, 1.0]
+    # With lambda 0 the loss is the BCE alone; then BCE + lambda * guidance.
+    assert history[0]["loss"] == pytest.approx(history[0]["bce"], abs=1e-6)
+    assert history[1]["loss"] == pytest.approx(history[1]["bce"] + 0.5 * history[1]["guidance"], abs=1e-5)
+
+
+@pytest.mark.parametrize("metric, best", [("val_loss", 2), ("val_bce", 3), ("val_auroc", 4)])
+def test_the_selection_metric_picks_the_kept_best_checkpoint(tmp_path, metric, best):
+    config = fakes.tiny_config()
+    mesh, model, tx, _ = _setup(config, 1)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    ckpts = checkpoints.Checkpoints(tmp_path, keep=1, selection_metric=metric)
+    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
+    # Lowest total at 2, lowest BCE at 3, highest AUROC at 4; step 5 is the latest.
+    for step, (total, bce, auroc) in enumerate([(-4.0, 1.7, 0.5), (-4.6, 0.9, 0.7), (-4.2, 0.2, 0.8),
+                                                (-4.1, 0.3, 0.95), (-3.0, 0.9, 0.6)], start=1):
+        ckpts.save(step, state, loop, metrics={"val_loss": total, "val_bce": bce, "val_auroc": auroc})
+    ckpts.manager.wait_until_finished()
+    assert ckpts.best_step() == best and sorted(ckpts.all_steps()) == sorted({best, 5})
+    ckpts.close()
+
+
+def test_selection_score_is_lower_for_better_and_names_an_undefined_metric():
+    validation = {"val_loss": -4.2, "val_bce": 0.3, "val_auroc": 0.9}
+    assert checkpoints.selection_score(validation, "val_loss") == -4.2
+    assert checkpoints.selection_score(validation, "val_auroc") == -0.9
+    with pytest.raises(ValueError, match="selection_metric val_auroc is undefined on this validation split"):
+        checkpoints.selection_score({"val_loss": 1.0, "val_bce": 1.0}, "val_auroc")
+    with pytest.raises(ValueError, match="selection_metric must be one of 'val_loss', 'val_bce', 'val_auroc'"):
+        checkpoints.Checkpoints(pathlib.Path("unused"), selection_metric="auroc")
+
+
+def test_bad_guidance_settings_are_named():
+    from fundax import loop
+
+    config = fakes.tiny_config(guidance_start_bce=1.5, guidance_delay_steps=-1, guidance_ramp_steps=9,
+                               warmup_steps=-2, guidance_form="l1", selection_metric="auroc", stall_patience=0)
+    with pytest.raises(ValueError) as error:
+        loop.check_config(config, 1)
+    message = str(error.value)
+    for part in ("guidance_delay_steps must be >= 0, got -1", "warmup_steps must be >= 0, got -2",
+                 "guidance_start_bce must lie in [0, 1) (0: no gate), got 1.5",
+                 "guidance_form must be one of 'eq2', 'log_complement', got 'l1'",
+                 "selection_metric must be one of 'val_loss', 'val_bce', 'val_auroc', got 'auroc'",
+                 "stall_patience must be at least 1, got 0",
+                 "the guidance warm-up (guidance_delay_steps + guidance_ramp_steps = 8) must end by "
+                 "num_train_steps 4"):
+        assert part in message, part

@@ -16,16 +16,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fundax.models.guided_cnn import GuidedCNN
+from fundax.models.guided_cnn import PAD_FIRST, GuidedCNN, reduction_padding
+
+
+class ReductionPad(nn.Module):
+    """The padding of a stride-2 reduction, on the side fundax's guided CNN pads (``PAD_FIRST``)."""
+
+    def __init__(self, pad_first: bool):
+        super().__init__()
+        self.pad_first = pad_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = (reduction_padding(side, self.pad_first) for side in x.shape[-2:])
+        return F.pad(x, (left, right, top, bottom))
 
 
 class ConvBN(nn.Sequential):
     """3x3 conv (no bias) + BatchNorm (+ ReLU), as fundax's ConvBN."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, relu: bool = True,
-                 bn_momentum: float = 0.9):
-        layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+                 bn_momentum: float = 0.9, pad_first: bool = False):
+        reduction = stride == 2
+        layers: list[nn.Module] = [ReductionPad(pad_first)] if reduction else []
+        layers += [
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=0 if reduction else dilation, dilation=dilation,
+                      bias=False),
             # flax keeps momentum * old + (1 - momentum) * new; torch weighs the new value by its momentum.
             nn.BatchNorm2d(cout, momentum=1.0 - bn_momentum),
         ]
@@ -51,12 +66,12 @@ class TorchGuidedCNN(nn.Module):
         super().__init__()
         m = reference.bn_momentum
         width = reference.stem_width
-        self.stem = ConvBN(3, width, stride=2, bn_momentum=m)
+        self.stem = ConvBN(3, width, stride=2, bn_momentum=m, pad_first=PAD_FIRST[0])
         self.stages = nn.ModuleList()
         widths = [width]
-        for units in reference.units_per_stage:
+        for stage, units in enumerate(reference.units_per_stage, start=1):
             blocks: list[nn.Module] = [ResidualUnit(width, m) for _ in range(units)]
-            blocks.append(ConvBN(width, 2 * width, stride=2, bn_momentum=m))
+            blocks.append(ConvBN(width, 2 * width, stride=2, bn_momentum=m, pad_first=PAD_FIRST[stage]))
             width *= 2
             widths.append(width)
             self.stages.append(nn.Sequential(*blocks))

@@ -170,7 +170,7 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     import torch
 
     from fundax.bench import torch_guided_cnn as tg
-    from fundax.regions import region_mask
+    from fundax.regions import grid_mask, region_mask
 
     config = setup.config
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,10 +179,11 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     torch.manual_seed(config.seed)
     model = tg.TorchGuidedCNN(setup.model).to(device).to(memory_format=torch.channels_last).train()
     host = random_batch(config)
-    size, map_size = config.image_size, trainer.activation_map_size(config)
+    size, grid = config.image_size, trainer.activation_grid(config)
+    map_size = grid.size
     geometry = list(zip(host["disc"], host["fovea"], host["region_bits"], strict=True))
     full = np.stack([region_mask(size, size, d, f, int(b)) for d, f, b in geometry])
-    cells = np.stack([region_mask(map_size, map_size, d, f, int(b), image_size=(size, size)) for d, f, b in geometry])
+    cells = np.stack([grid_mask(grid, d, f, int(b)) for d, f, b in geometry])
     batch = {"image": torch.from_numpy(host["image"]).permute(0, 3, 1, 2).contiguous().to(device),
              "mask_full": torch.from_numpy(full)[:, None].to(device),
              "mask": torch.from_numpy(cells.astype(np.float32)).to(device),

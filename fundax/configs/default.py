@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.guided_cnn.units_per_stage = (2, 3, 4)
     config.guided_cnn.aspp_width = 64
     config.guided_cnn.bn_momentum = 0.9
+    # Initial bias of the depth-1 1x1 conv (the logit map); the paper's Xavier scheme: 0.
+    config.guided_cnn.logit_bias_init = 0.0
     # Inception-v3 (Szegedy et al. 2016), the network of Gulshan et al. the paper compares with.
     config.inception_v3 = ml_collections.ConfigDict()
     config.inception_v3.aux_logits = False  # the auxiliary head on mixed_6e; needs image_size >= 299
@@ -45,6 +47,16 @@ def get_config() -> ml_collections.ConfigDict:
     # inception_v3 is the BCE-only baseline: it needs guidance_weight = 0.
     config.guidance_weight = 1.0
     config.epsilon = 1e-3
+    # The guidance warm-up (docs/GUIDANCE.md): lambda is 0 until the classifier has learnt (the
+    # training BCE falls to guidance_start_bce times the BCE of the prevalence alone) or until
+    # guidance_delay_steps, whichever comes first, then rises linearly to guidance_weight over
+    # guidance_ramp_steps. The paper's setting: all three 0 (lambda = 1 from the first step), with
+    # which guided training sticks at eq. 2's floor; set them to 0 to train exactly as printed.
+    config.guidance_start_bce = 0.5
+    config.guidance_delay_steps = 5_000
+    config.guidance_ramp_steps = 2_000
+    # "eq2" (the paper's guidance) or "log_complement" (an ablation: -(1 - m) log(1 - a), docs/GUIDANCE.md).
+    config.guidance_form = "eq2"
 
     # Augmentation on the device (§3.1): random affine and intensity rescale.
     config.augment = ml_collections.ConfigDict()
@@ -59,9 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation (§3.1): SGD with Nesterov momentum 0.9, batch 32, decaying learning rate.
     config.batch_size = 32  # global, over all devices
     config.learning_rate = 0.01
+    config.warmup_steps = 500  # linear learning-rate warm-up; the paper names none (0)
     config.momentum = 0.9
     config.weight_decay = 0.0
-    config.lr_schedule = "plateau"  # "plateau" (of validation loss), "cosine" or "constant"
+    config.lr_schedule = "plateau"  # "plateau" (of selection_metric), "cosine" or "constant"
     config.lr_plateau_factor = 0.1
     config.lr_plateau_patience = 3  # evaluations without improvement before decaying
     config.min_learning_rate = 1e-5
@@ -69,7 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 20_000
     config.eval_every_steps = 500
     config.log_every_steps = 50
-    config.checkpoints_to_keep = 3  # latest; the best by validation loss is kept besides
+    # The best checkpoint, the plateau schedule and early stopping follow one validation number,
+    # after the guidance warm-up: "val_loss" (eq. 3's total: the paper's, §3.1), "val_bce" or
+    # "val_auroc" (docs/GUIDANCE.md).
+    config.selection_metric = "val_bce"
+    config.stall_patience = 2  # evaluations in a row at eq. 2's floor before the stall detector speaks
+    config.checkpoints_to_keep = 3  # latest; the best by selection_metric is kept besides
     config.checkpoint_every_steps = 0  # 0: at every evaluation; a stop signal always saves
     config.skip_nonfinite_steps = False  # True: skip (count, log) NaN/Inf steps instead of stopping
     config.seed = 0

@@ -23,6 +23,9 @@ Choices the format leaves open:
   symlinks are resolved, and end in .jpg, .jpeg, .png, .tif or .tiff.
   Whether it exists and decodes is checked later (:mod:`fundax.data.images`),
   as are coordinates beyond the image's width and height.
+* The optional ``lesion_masks`` (finding → a mask image's path, where lesion
+  pixels are known, e.g. from a segmentation) is checked like ``file``; whether
+  each mask decodes and matches the photograph's size is checked later too.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from fundax import findings as findings_lib
 from fundax import regions as regions_lib
 
 REQUIRED_KEYS: tuple[str, ...] = ("image_id", "file", "split", "disc", "fovea", "annotations")
+LESION_MASKS_KEY = "lesion_masks"
+"""Optional: finding → path of a mask of its lesion pixels (DATA_FORMAT.md)."""
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -76,6 +81,8 @@ class Record:
     line: str
     line_number: int
     extra: Mapping[str, Any]
+    lesion_masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Finding → path (relative to the manual directory) of its lesion mask; registry order."""
 
     def votes(self) -> np.ndarray:
         """int32[len(FINDINGS)], registry order: how many graders listed each finding."""
@@ -194,23 +201,39 @@ def _grader(entry: Any, index: int) -> GraderRead:
     return GraderRead(annotator=annotator, findings=ordered, extra=extra)
 
 
-def _check_file(file: str) -> None:
-    """The checks of ``file`` that need no file system: relative, not leaving, an image extension."""
+def _check_file(file: str, key: str = "'file'") -> None:
+    """The checks of a path (``key`` names it) that need no file system: relative, not leaving, an image."""
     if "\x00" in file:
-        raise AnnotationError(f"'file' holds a NUL character: {file!r}")
+        raise AnnotationError(f"{key} holds a NUL character: {file!r}")
     try:
         file.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate escaped in the JSON names no file on any disk
-        raise AnnotationError(f"'file' {file!r} is not valid unicode (a lone surrogate)") from None
+        raise AnnotationError(f"{key} {file!r} is not valid unicode (a lone surrogate)") from None
     if posixpath.isabs(file) or os.path.isabs(file):
-        raise AnnotationError(f"'file' must be relative to the manual directory, got absolute {file!r}")
+        raise AnnotationError(f"{key} must be relative to the manual directory, got absolute {file!r}")
     normal = posixpath.normpath(file)
     if normal == ".." or normal.startswith("../"):
-        raise AnnotationError(f"'file' {file!r} escapes the manual directory")
+        raise AnnotationError(f"{key} {file!r} escapes the manual directory")
     if posixpath.splitext(file)[1].lower() not in IMAGE_EXTENSIONS:
         raise AnnotationError(
-            f"'file' {file!r} has an unsupported extension; want one of {', '.join(IMAGE_EXTENSIONS)}"
+            f"{key} {file!r} has an unsupported extension; want one of {', '.join(IMAGE_EXTENSIONS)}"
         )
+
+
+def _lesion_masks(value: Any) -> dict[str, str]:
+    """The optional ``lesion_masks`` object, checked: finding → mask path, in registry order."""
+    if not isinstance(value, dict):
+        raise AnnotationError(f"{LESION_MASKS_KEY!r} must be an object (finding -> mask file), "
+                              f"got {_type_name(value)}")
+    for name, file in value.items():
+        try:
+            findings_lib.get_finding(name)
+        except findings_lib.UnknownFindingError as e:
+            raise AnnotationError(f"{LESION_MASKS_KEY}: {e}") from None
+        if not isinstance(file, str) or not file:
+            raise AnnotationError(f"{LESION_MASKS_KEY}[{name!r}] must be a non-empty string, got {file!r}")
+        _check_file(file, f"{LESION_MASKS_KEY}[{name!r}]")
+    return {name: value[name] for name in findings_lib.FINDINGS if name in value}
 
 
 def parse_line(text: str, line_number: int = 1) -> Record:
@@ -255,6 +278,8 @@ def parse_line(text: str, line_number: int = 1) -> Record:
             raise AnnotationError(f"duplicate annotator {grader.annotator!r}")
         seen.add(grader.annotator)
 
+    lesion_masks = _lesion_masks(obj[LESION_MASKS_KEY]) if LESION_MASKS_KEY in obj else {}
+
     return Record(
         image_id=image_id,
         file=file,
@@ -264,20 +289,21 @@ def parse_line(text: str, line_number: int = 1) -> Record:
         graders=graders,
         line=text,
         line_number=line_number,
-        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS},
+        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k != LESION_MASKS_KEY},
+        lesion_masks=lesion_masks,
     )
 
 
-def resolve_image_path(manual_dir: str | os.PathLike, file: str) -> pathlib.Path:
+def resolve_image_path(manual_dir: str | os.PathLike, file: str, key: str = "'file'") -> pathlib.Path:
     """The real path of ``file`` under ``manual_dir``; AnnotationError if it leads outside."""
-    _check_file(file)
+    _check_file(file, key)
     root = pathlib.Path(manual_dir).resolve()
     try:
         path = (root / file).resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise AnnotationError(f"'file' {file!r} cannot be resolved: {e}") from None
+        raise AnnotationError(f"{key} {file!r} cannot be resolved: {e}") from None
     if not path.is_relative_to(root):
-        raise AnnotationError(f"'file' {file!r} escapes the manual directory (it resolves to {path})")
+        raise AnnotationError(f"{key} {file!r} escapes the manual directory (it resolves to {path})")
     return path
 
 
@@ -314,6 +340,8 @@ def read_annotations(path: str | os.PathLike) -> ReadResult:
             try:
                 record = parse_line(text, line_number)
                 resolve_image_path(path.parent, record.file)
+                for name, mask_file in record.lesion_masks.items():
+                    resolve_image_path(path.parent, mask_file, f"{LESION_MASKS_KEY}[{name!r}]")
                 first = first_line.get(record.image_id)
                 if first is not None:
                     raise AnnotationError(f"duplicate image_id {record.image_id!r} (first on line {first})")

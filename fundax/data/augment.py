@@ -16,9 +16,10 @@ output pixel centre we ask where it came from in the original image.
          region_ids_jax here                  pixel / mask cell centres here
 
 The regional mask is rendered at activation-map resolution by sending each
-cell centre of the augmented frame back through the same inverse and asking
-the region geometry of the original image (OD, F untouched) which region it
-falls in. Image and mask therefore share one transform, whatever it is, and
+cell centre of the augmented frame (the centre of the cell's receptive field,
+given by the model as a :class:`~fundax.regions.CellGrid`) back through the same
+inverse and asking the region geometry of the original image (OD, F untouched)
+which region it falls in. Image and mask therefore share one transform, whatever it is, and
 the disc and fovea never need to be moved.
 """
 
@@ -32,7 +33,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from fundax.regions import mask_from_bits, region_ids_jax
+from fundax.regions import CellGrid, mask_from_bits, region_ids_jax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,15 +179,14 @@ def warp_region_mask(
     disc_xy: jax.Array,
     fovea_xy: jax.Array,
     region_bits: jax.Array | int,
-    map_size: int,
-    image_size_px: int,
+    grid: CellGrid,
 ) -> jax.Array:
-    """Float32 (map_size, map_size) region mask of the augmented frame.
+    """Float32 (grid.size, grid.size) region mask of the augmented frame.
 
-    Cell (i, j) is centred at ((j + 0.5)·S/m, (i + 0.5)·S/m); that centre is sent back
-    through ``inverse_affine`` and classified by the original image's disc and fovea.
+    Cell (i, j) is centred at (grid.centres()[j], grid.centres()[i]); that centre is sent
+    back through ``inverse_affine`` and classified by the original image's disc and fovea.
     """
-    centres = (jnp.arange(map_size, dtype=jnp.float32) + 0.5) * (image_size_px / map_size)
+    centres = grid.centres(jnp, jnp.float32)
     x, y = _through(inverse_affine, centres[None, :], centres[:, None])
     ids = region_ids_jax(x, y, disc_xy, fovea_xy)
     return mask_from_bits(ids, jnp.asarray(region_bits, jnp.int32)).astype(jnp.float32)
@@ -199,11 +199,11 @@ def augment_batch(
     region_bits: jax.Array,
     keys: jax.Array | None,
     *,
-    map_size: int,
+    grid: CellGrid,
     config: AugmentConfig | None,
     train: bool,
 ) -> tuple[jax.Array, jax.Array]:
-    """Images in [0, 1] (B, S, S, C) and region masks (B, map_size, map_size), both float32.
+    """Images in [0, 1] (B, S, S, C) and region masks (B, grid.size, grid.size), both float32.
 
     With ``train`` and a ``config``, each example is warped and rescaled from its own
     key (see :func:`example_keys`); otherwise the images are only divided by 255 and
@@ -213,7 +213,7 @@ def augment_batch(
     if height != width:
         raise ValueError(f"augment_batch wants square images, got {height}x{width}")
     if not train or config is None:
-        render = functools.partial(warp_region_mask, map_size=map_size, image_size_px=height)
+        render = functools.partial(warp_region_mask, grid=grid)
         identity = jnp.eye(3, dtype=jnp.float32)
         masks = jax.vmap(render, in_axes=(None, 0, 0, 0))(identity, disc_xy, fovea_xy, region_bits)
         return images_u8.astype(jnp.float32) / 255.0, masks
@@ -223,6 +223,6 @@ def augment_batch(
     def one(image, disc, fovea, bits, key):
         inverse, gain = draw_augmentation(key, height, config)
         image = jnp.clip(warp_image(image, inverse) * gain, 0.0, 255.0) / 255.0
-        return image, warp_region_mask(inverse, disc, fovea, bits, map_size, height)
+        return image, warp_region_mask(inverse, disc, fovea, bits, grid)
 
     return jax.vmap(one)(images_u8, disc_xy, fovea_xy, region_bits, keys)

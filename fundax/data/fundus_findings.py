@@ -8,7 +8,8 @@ Two configs share one code path:
   then reads it exactly as ``manual`` does.
 
 Prepare-time preprocessing crops the black surround, pads to square and resizes
-to ``image_size_px``, carrying the disc and fovea through the same transform.
+to ``image_size_px``, carrying the disc and fovea, and the lesion masks of a line
+that has them, through the same transform.
 Splits: ``train`` (the derivation set), ``validation`` (a deterministic 10% of
 the file's train lines, chosen by hashing ``image_id``, so that it is stable when
 lines are added or reordered) and ``test``. Every rejected line is kept, with
@@ -91,8 +92,9 @@ class _Outcome:
 class FundusFindings(tfds.core.GeneratorBasedBuilder):
     """Regionally annotated fundus photographs (Son et al., §2.1)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Lesion masks: lesion_bits (bit k = finding k) and lesion_known, from lesion_masks."}
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="manual", description="Photographs and annotations.jsonl of a manual directory."),
         tfds.core.BuilderConfig(name="synthetic", description="Synthetic photographs, three simulated graders."),
@@ -123,6 +125,10 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
                 "votes": tfds.features.Tensor(shape=(num_findings,), dtype=np.int32),
                 "region_bits": tfds.features.Tensor(shape=(num_findings,), dtype=np.uint8),
                 "num_graders": tfds.features.Scalar(dtype=np.int32),
+                # Lesion pixels, where the line gives masks: bit k of a pixel = finding k's lesion;
+                # bit k of lesion_known = finding k has a mask (else its bits say nothing).
+                "lesion_bits": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                "lesion_known": tfds.features.Scalar(dtype=np.uint8),
                 "line": tfds.features.Text(),
             }),
             metadata=tfds.core.MetadataDict(),
@@ -133,7 +139,7 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         if self.builder_config.name == "manual":
             return pathlib.Path(dl_manager.manual_dir)
         # Photographs are written at their own size; only the generator's settings matter.
-        params = dataclasses.asdict(self.options.synthetic_config)
+        params = dataclasses.asdict(self.options.synthetic_config) | {"writer": synthetic.WRITER_VERSION}
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         out_dir = pathlib.Path(dl_manager.download_dir) / f"synthetic_{key}"
         if not (out_dir / "annotations.jsonl").exists():
@@ -217,7 +223,17 @@ def _prepare_record(
         image = images.load_image(path, max_pixels=options.max_pixels)
         height, width = image.shape[:2]
         images.check_inside(record.disc, record.fovea, width, height)
-        image, disc, fovea = images.preprocess(image, record.disc, record.fovea, options.image_size_px)
+        crop = images.SquareCrop.of(image, options.image_size_px)
+        lesion_bits = np.zeros((options.image_size_px, options.image_size_px, 1), np.uint8)
+        lesion_known = 0
+        for name, mask_file in record.lesion_masks.items():
+            key = f"{annotations.LESION_MASKS_KEY}[{name!r}]"
+            mask = images.load_mask(annotations.resolve_image_path(manual_dir, mask_file, key), (height, width),
+                                    max_pixels=options.max_pixels)
+            k = findings_lib.finding_index(name)
+            lesion_bits[crop.mask(mask), 0] |= np.uint8(1 << k)
+            lesion_known |= 1 << k
+        image, disc, fovea = crop.image(image), crop.point(record.disc), crop.point(record.fovea)
     except (annotations.AnnotationError, images.ImageError) as e:
         return _Outcome(rejection=annotations.Rejection(
             source=os.fspath(manual_dir / "annotations.jsonl"),
@@ -235,8 +251,17 @@ def _prepare_record(
         "votes": record.votes().astype(np.int32),
         "region_bits": record.region_bits().astype(np.uint8),
         "num_graders": np.int32(len(record.graders)),
+        "lesion_bits": _png(lesion_bits, record.image_id),
+        "lesion_known": np.uint8(lesion_known),
         "line": record.line,
     })
+
+
+def _png(image: np.ndarray, image_id: str) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise PrepareError(f"could not encode the lesion mask of {image_id}")
+    return encoded.tobytes()
 
 
 def write_rejects(path: pathlib.Path, rejections: list[annotations.Rejection]) -> None:

@@ -24,6 +24,8 @@ Choices callers rely on:
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import pathlib
 import stat
@@ -58,7 +60,7 @@ def _raw_modes(im: Image.Image) -> Iterator[str]:
             yield raw
 
 
-def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int) -> None:
+def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tuple[str, ...] = _MODES) -> None:
     if im.format not in _FORMATS:
         raise ImageError(f"{path}: unsupported format {im.format}; want JPEG, PNG or TIFF")
     width, height = im.size
@@ -73,11 +75,12 @@ def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int) -> None:
         raise ImageError(
             f"{path}: 16-bit samples (mode {im.mode}) are not supported; want 8-bit RGB or grayscale"
         )
-    if im.mode not in _MODES:
+    if im.mode not in modes:
         raise ImageError(f"{path}: pixel mode {im.mode} is not supported; want 8-bit RGB or grayscale")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               modes: tuple[str, ...] = _MODES) -> np.ndarray:
     """The photograph at ``path`` as uint8 (H, W, 3) RGB; ImageError naming the file if unusable."""
     path = pathlib.Path(path)
     try:
@@ -103,7 +106,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         except Exception as e:
             raise ImageError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
         with im:
-            _check_header(im, path, max_pixels)
+            _check_header(im, path, max_pixels, modes)
             try:
                 im.load()
             except Exception as e:
@@ -150,29 +153,88 @@ def fundus_box(image: np.ndarray, threshold: int = FUNDUS_THRESHOLD) -> tuple[in
     return int(top.min()), int(left.min()), int(bottom.max()), int(right.max())
 
 
+@dataclasses.dataclass(frozen=True)
+class SquareCrop:
+    """The prepare-time transform of one photograph: crop to the fundus, pad to a centred square, resize.
+
+    A point (x, y) goes to ((x − left + pad_left)·scale, (y − top + pad_top)·scale) with
+    scale = size_px / side; a lesion mask of the photograph goes through the same crop.
+    """
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    size_px: int
+
+    @classmethod
+    def of(cls, image: np.ndarray, size_px: int) -> SquareCrop:
+        if size_px < 1:
+            raise ValueError(f"size_px must be >= 1, got {size_px}")
+        return cls(*fundus_box(image), size_px)
+
+    @property
+    def side(self) -> int:
+        return max(self.bottom - self.top, self.right - self.left)
+
+    @property
+    def pads(self) -> tuple[int, int]:
+        """(top, left) padding inside the square."""
+        return (self.side - (self.bottom - self.top)) // 2, (self.side - (self.right - self.left)) // 2
+
+    def _square(self, image: np.ndarray) -> np.ndarray:
+        pad_top, pad_left = self.pads
+        height, width = self.bottom - self.top, self.right - self.left
+        square = np.zeros((self.side, self.side, *image.shape[2:]), image.dtype)
+        square[pad_top : pad_top + height, pad_left : pad_left + width] = image[self.top : self.bottom,
+                                                                                 self.left : self.right]
+        return square
+
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """The uint8 (size_px, size_px, 3) photograph."""
+        square = self._square(image)
+        if self.side != self.size_px:
+            interpolation = cv2.INTER_AREA if self.side > self.size_px else cv2.INTER_CUBIC
+            square = cv2.resize(square, (self.size_px, self.size_px), interpolation=interpolation)
+        return square
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """A bool (H, W) mask of the photograph as a bool (size_px, size_px) mask.
+
+        A prepared pixel is on the mask when any part of it covers the original mask
+        (area resampling, then > 0), so a lesion a few pixels wide is never lost.
+        """
+        square = self._square(mask.astype(np.float32))
+        if self.side != self.size_px:
+            interpolation = cv2.INTER_AREA if self.side > self.size_px else cv2.INTER_NEAREST
+            square = cv2.resize(square, (self.size_px, self.size_px), interpolation=interpolation)
+        return square > 0
+
+    def point(self, point: Sequence[float]) -> tuple[float, float]:
+        pad_top, pad_left = self.pads
+        scale = self.size_px / self.side
+        return (float(point[0]) - self.left + pad_left) * scale, (float(point[1]) - self.top + pad_top) * scale
+
+
 def preprocess(
     image: np.ndarray, disc: Sequence[float], fovea: Sequence[float], size_px: int
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Crop to the fundus, pad to a centred black square, resize to ``size_px``².
 
     Returns the uint8 (size_px, size_px, 3) image and disc and fovea carried
-    through the same transform: x' = (x − left + pad_left)·scale and
-    y' = (y − top + pad_top)·scale with scale = size_px / side of the square.
+    through the same transform (:class:`SquareCrop`).
     """
-    if size_px < 1:
-        raise ValueError(f"size_px must be >= 1, got {size_px}")
-    top, left, bottom, right = fundus_box(image)
-    height, width = bottom - top, right - left
-    side = max(height, width)
-    pad_top, pad_left = (side - height) // 2, (side - width) // 2
-    square = np.zeros((side, side, 3), np.uint8)
-    square[pad_top : pad_top + height, pad_left : pad_left + width] = image[top:bottom, left:right]
-    if side != size_px:
-        interpolation = cv2.INTER_AREA if side > size_px else cv2.INTER_CUBIC
-        square = cv2.resize(square, (size_px, size_px), interpolation=interpolation)
-    scale = size_px / side
+    crop = SquareCrop.of(image, size_px)
+    return crop.image(image), crop.point(disc), crop.point(fovea)
 
-    def carry(point: Sequence[float]) -> tuple[float, float]:
-        return (float(point[0]) - left + pad_left) * scale, (float(point[1]) - top + pad_top) * scale
 
-    return square, carry(disc), carry(fovea)
+def load_mask(path: str | os.PathLike, shape: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A lesion mask file as bool (H, W): nonzero is lesion; ImageError naming the file if unusable.
+
+    It must be a 1- or 8-bit image (bilevel, grayscale, RGB or palette) of the photograph's ``shape`` (H, W).
+    """
+    rgb = load_image(path, max_pixels=max_pixels, modes=(*_MODES, "1"))
+    if rgb.shape[:2] != tuple(shape):
+        raise ImageError(f"{path}: the lesion mask is {rgb.shape[1]}×{rgb.shape[0]} pixels but the photograph "
+                         f"is {shape[1]}×{shape[0]}")
+    return rgb.max(axis=2) > 0

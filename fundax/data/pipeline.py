@@ -25,8 +25,11 @@ class DatasetError(ValueError):
     """A dataset or split that cannot be read."""
 
 
-def open_split(dataset: str, data_dir: str | pathlib.Path, split: str) -> Any:
-    """The random-access source of one prepared split (``tfds.data_source``)."""
+def open_split(dataset: str, data_dir: str | pathlib.Path, split: str, decode_images: bool = True) -> Any:
+    """The random-access source of one prepared split (``tfds.data_source``).
+
+    With ``decode_images=False`` the photographs stay encoded bytes: a cheap pass over labels.
+    """
     import tensorflow_datasets as tfds
 
     import fundax.data.fundus_findings  # noqa: F401  (registers the builder)
@@ -42,7 +45,8 @@ def open_split(dataset: str, data_dir: str | pathlib.Path, split: str) -> Any:
     if split not in builder.info.splits:
         raise DatasetError(
             f"dataset {dataset!r} in {data_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")
-    return builder.as_data_source(split=split)
+    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split=split, decoders=decoders)
 
 
 def prepared_image_size(dataset: str, data_dir: str | pathlib.Path) -> int:
@@ -71,6 +75,14 @@ class FindingExample:
         self.index = findings_lib.finding_index(finding)
         self.min_votes = min_votes
 
+    def weight(self, record: dict[str, Any]) -> float:
+        """The record's weight for this finding: 0 when its grade is uncertain (excluded)."""
+        return float(annotations.consensus(np.asarray(record["votes"][self.index]), self.min_votes)[1])
+
+    def label(self, record: dict[str, Any]) -> float:
+        """The record's label for this finding: 1 present, 0 absent (or uncertain: see :meth:`weight`)."""
+        return float(annotations.consensus(np.asarray(record["votes"][self.index]), self.min_votes)[0])
+
     def __call__(self, record: dict[str, Any], weight_scale: float = 1.0) -> dict[str, np.ndarray]:
         votes = np.asarray(record["votes"][self.index])
         label, weight = annotations.consensus(votes, self.min_votes)
@@ -83,6 +95,22 @@ class FindingExample:
             "label": np.float32(label),
             "weight": np.float32(weight * weight_scale),
         }
+
+
+def scored_indices(source: Any, example: FindingExample) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the records of ``source`` whose grade for the finding is certain (weight > 0), and their labels.
+
+    Training draws only from these: an excluded photograph would fill a batch slot with
+    a weight-0 row that still moves the BatchNorm statistics. ``source`` may skip
+    decoding the photographs (:func:`open_split` with ``decode_images=False``).
+    """
+    indices, labels = [], []
+    for i in range(len(source)):
+        record = source[i]
+        if example.weight(record) > 0:
+            indices.append(i)
+            labels.append(example.label(record))
+    return np.array(indices, np.int64), np.array(labels, np.float32)
 
 
 def _local_position(k: int, global_batch: int, process_index: int, process_count: int) -> int:
@@ -101,13 +129,22 @@ def train_dataset(
     process_count: int = 1,
     threads: int = 8,
     prefetch_batches: int = 2,
+    indices: np.ndarray | None = None,
 ) -> grain.IterDataset:
-    """An endless, reshuffled-each-epoch stream of this process's slices of global batches."""
+    """An endless, reshuffled-each-epoch stream of this process's slices of global batches.
+
+    ``indices``: the records to draw from (default: all), e.g. :func:`scored_indices`.
+    """
     if global_batch % process_count:
         raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
     if len(source) == 0:
         raise DatasetError("the training split is empty")
-    order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    if indices is not None and len(indices) == 0:
+        raise DatasetError("no photograph of the training split has a certain grade for this finding "
+                           "(all are excluded: one vote short of min_votes)")
+    records = grain.MapDataset.range(len(source)) if indices is None else grain.MapDataset.source(
+        [int(i) for i in indices])
+    order = records.shuffle(seed=seed).repeat()
     local = grain.MapDataset.range(len(order)).map(
         lambda k: example(source[order[_local_position(k, global_batch, process_index, process_count)]]))
     local_batch = global_batch // process_count

@@ -46,6 +46,8 @@ from fundax.findings import FINDINGS, get_finding
 from fundax.regions import REGIONS, region_ids, region_map
 
 SPLITS: tuple[str, ...] = ("train", "test")
+WRITER_VERSION = 2
+"""What a written manual directory holds; 2: lesion masks beside the photographs."""
 _SPLIT_CODE = {"train": 0, "test": 1}
 _SHIFT = 4  # cv2 draws with 4 fractional bits, so lesions sit at sub-pixel positions
 # zlib level 1 and the SUB filter alone (OpenCV >= 4.10): twice as fast as the defaults, files ~5% larger.
@@ -533,10 +535,17 @@ def demo_eye(height_px: int = 512) -> SyntheticEye:
     return _synthesize(config, "train", 0, present=("macular_hole", "drusen", "rnfl_defect", "hemorrhage"), eye="right")
 
 
+def lesion_mask_file(eye: SyntheticEye, finding: str) -> str:
+    """Where the manual directory keeps the mask of one finding's lesion pixels in ``eye``."""
+    return f"masks/{eye.split}/{eye.image_id}.{finding}.png"
+
+
 def annotation_line(eye: SyntheticEye) -> dict:
-    """The ``annotations.jsonl`` object of ``eye`` (DATA_FORMAT.md), with extra keys eye, source, shortcut."""
+    """The ``annotations.jsonl`` object of ``eye`` (DATA_FORMAT.md): its lesion masks, and extra keys
+    eye, source, shortcut."""
     return {"image_id": eye.image_id, "file": f"images/{eye.split}/{eye.image_id}.png", "split": eye.split,
             "disc": list(eye.disc_xy), "fovea": list(eye.fovea_xy), "annotations": list(eye.annotations),
+            "lesion_masks": {name: lesion_mask_file(eye, name) for name in eye.lesion_masks},
             "eye": eye.eye, "source": "synthetic", "shortcut": eye.shortcut}
 
 
@@ -544,13 +553,17 @@ def _write_image(config: SyntheticConfig, out_dir: str, split: str, index: int) 
     """Generate and write one picture (temp file + rename); its JSON line."""
     eye = synthesize_eye(config, split, index)
     line = annotation_line(eye)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(eye.image, cv2.COLOR_RGB2BGR), _PNG_PARAMS)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {eye.image_id}")
-    path = os.path.join(out_dir, line["file"])
-    with open(path + ".tmp", "wb") as f:
-        f.write(png.tobytes())
-    os.replace(path + ".tmp", path)
+    files = {line["file"]: cv2.cvtColor(eye.image, cv2.COLOR_RGB2BGR)}
+    files |= {line["lesion_masks"][name]: mask.view(np.uint8) * np.uint8(255)
+              for name, mask in eye.lesion_masks.items()}
+    for file, pixels in files.items():
+        ok, png = cv2.imencode(".png", pixels, _PNG_PARAMS)
+        if not ok:
+            raise OSError(f"PNG encoding failed for {eye.image_id}")
+        path = os.path.join(out_dir, file)
+        with open(path + ".tmp", "wb") as f:
+            f.write(png.tobytes())
+        os.replace(path + ".tmp", path)
     return json.dumps(line)
 
 
@@ -560,7 +573,8 @@ def _init_worker() -> None:
 
 def write_manual_dir(out_dir: str | os.PathLike, config: SyntheticConfig, *, workers: int | None = None,
                      progress: Callable[[int], None] | None = None) -> pathlib.Path:
-    """Write ``out_dir/images/<split>/<image_id>.png`` and ``out_dir/annotations.jsonl``; the latter's path.
+    """Write ``out_dir/images/<split>/<image_id>.png``, the lesion masks
+    ``out_dir/masks/<split>/<image_id>.<finding>.png`` and ``out_dir/annotations.jsonl``; the latter's path.
 
     ``annotations.jsonl`` is removed first and written last (temp file + rename), so
     an interrupted run never looks complete. ``workers`` processes (default: all
@@ -575,6 +589,7 @@ def write_manual_dir(out_dir: str | os.PathLike, config: SyntheticConfig, *, wor
     target.unlink(missing_ok=True)
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "masks" / split).mkdir(parents=True, exist_ok=True)
     splits = ["train"] * config.num_train + ["test"] * config.num_test
     indices = [*range(config.num_train), *range(config.num_test)]
     write = functools.partial(_write_image, config, os.fspath(out))

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from fundax.findings import get_finding
+from fundax.regions import CellGrid
 
 TOTAL_STRIDE = 16
 """Input pixels per activation-map cell along each side: four stride-2 reductions."""
@@ -54,25 +55,71 @@ def activation_map_size(image_size_px: int) -> int:
     return -(-image_size_px // TOTAL_STRIDE)
 
 
+PAD_FIRST = (True, True, True, False)
+"""Per reduction (stem, then stages 1-3): on an even side, whether its one padding pixel goes first.
+
+A 3x3 stride-2 conv on an even side needs one pixel of padding. Where it goes moves
+the output: padded last (XLA's SAME), output cell i is centred on input cell 2i + 1,
+half an input cell after the middle of the two cells it replaces; padded first, on
+2i, half a cell before. Each reduction doubles the step, so the four shifts are
+±0.5, ±1, ±2 and ±4 px; first, first, first, last adds up to −0.5 − 1 − 2 + 4 = +0.5 px,
+where all-SAME would put every cell 7.5 px off the centre that docs/REGIONS.md gives a
+feature map's cell — the centre at which the regional cue is sampled (docs/GUIDANCE.md).
+"""
+
+
+def reduction_padding(side: int, pad_first: bool) -> tuple[int, int]:
+    """(before, after) padding of a 3x3 stride-2 conv on ``side`` pixels, for ceil(side / 2) outputs."""
+    total = max((-(-side // 2) - 1) * 2 + 3 - side, 0)  # 1 on an even side, 2 on an odd one
+    if total == 1:
+        return (1, 0) if pad_first else (0, 1)
+    return total // 2, total - total // 2
+
+
+def receptive_field_grid(image_size_px: int) -> CellGrid:
+    """Where each activation cell's receptive field is centred on the input (pixel centres at m + 0.5).
+
+    Through the four reductions of :data:`PAD_FIRST` cell j is centred at 16j + 8.5 on a
+    side that is a multiple of 16: 0.5 px from the 16(j + 0.5) of the cue's grid
+    (:func:`fundax.trainer.activation_grid`). The average-pooled reductions 1-3 the head
+    concatenates are centred 0.5, 1.5 and 3.5 px before their cells; their receptive
+    fields lie inside reduction 4's (87 px at the CPU widths, more at the paper's), and
+    the atrous pyramid is symmetric, so a cell's whole receptive field is centred where
+    reduction 4's is.
+    """
+    side, stride, offset = image_size_px, 1.0, 0.5
+    for pad_first in PAD_FIRST:
+        before, _ = reduction_padding(side, pad_first)
+        offset += stride * (1 - before)  # output i is centred on input cell 2i + 1 - before
+        side, stride = -(-side // 2), stride * 2
+    return CellGrid(side, stride, offset)
+
+
 class ConvBN(nn.Module):
-    """3x3 conv (no bias) + BatchNorm, optionally followed by ReLU."""
+    """3x3 conv (no bias) + BatchNorm, optionally followed by ReLU.
+
+    Stride 1 pads SAME (symmetric); stride 2 pads as :func:`reduction_padding` says.
+    """
 
     features: int
     strides: int = 1
     dilation: int = 1
     relu: bool = True
+    pad_first: bool = False
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        padding = "SAME" if self.strides == 1 else tuple(
+            reduction_padding(side, self.pad_first) for side in x.shape[1:3])
         x = nn.Conv(
             self.features,
             (3, 3),
             strides=self.strides,
             kernel_dilation=self.dilation,
-            padding="SAME",
+            padding=padding,
             use_bias=False,
             kernel_init=_kernel_init,
             dtype=self.dtype,
@@ -126,6 +173,7 @@ class GuidedCNN(nn.Module):
     aspp_width: int = 64
     max_pool_window: int = 2
     max_pool_stride: int = 2
+    logit_bias_init: float = 0.0
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     axis_name: str | None = None
@@ -154,14 +202,14 @@ class GuidedCNN(nn.Module):
         bn = dict(dtype=dtype, bn_momentum=self.bn_momentum, axis_name=self.axis_name)
 
         x = images.astype(dtype)
-        x = ConvBN(self.stem_width, strides=2, name="stem", **bn)(x, train)
+        x = ConvBN(self.stem_width, strides=2, pad_first=PAD_FIRST[0], name="stem", **bn)(x, train)
         reductions = [x]
         width = self.stem_width
         for stage, num_units in enumerate(self.units_per_stage, start=1):
             for unit in range(1, num_units + 1):
                 x = ResidualUnit(width, name=f"stage{stage}_unit{unit}", **bn)(x, train)
             width *= 2
-            x = ConvBN(width, strides=2, name=f"reduction{stage + 1}", **bn)(x, train)
+            x = ConvBN(width, strides=2, pad_first=PAD_FIRST[stage], name=f"reduction{stage + 1}", **bn)(x, train)
             reductions.append(x)
 
         # Reduction k is 2**(4 - k) times larger than reduction 4 on each side;
@@ -182,7 +230,7 @@ class GuidedCNN(nn.Module):
 
         # The depth-1 conv is the map the losses see: run it in float32.
         logit_map = nn.Conv(
-            1, (1, 1), kernel_init=_kernel_init, bias_init=nn.initializers.zeros,
+            1, (1, 1), kernel_init=_kernel_init, bias_init=nn.initializers.constant(self.logit_bias_init),
             dtype=jnp.float32, name="logit_conv",
         )(x.astype(jnp.float32))
         pooled_map = logit_map

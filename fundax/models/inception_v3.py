@@ -49,6 +49,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fundax.regions import CellGrid
+
 MIN_IMAGE_SIZE_PX = 75
 """Smallest input side with at least one cell left after the seven VALID reductions."""
 
@@ -76,6 +78,29 @@ def _mixed_6e_size(image_size_px: int) -> int:
 def activation_map_size(image_size_px: int) -> int:
     """Side of the logit map for a square input of ``image_size_px`` (after mixed_7a)."""
     return _valid(_mixed_6e_size(image_size_px))
+
+
+# The strided or VALID layers on the path to the CAM, as (kernel, stride); SAME stride-1
+# layers are centred and move nothing.
+_REDUCTIONS = ((3, 2), (3, 1), (3, 2), (3, 1), (3, 2), (3, 2), (3, 2))
+
+
+def receptive_field_grid(image_size_px: int) -> CellGrid:
+    """Where each CAM cell's receptive field is centred on the input (pixel centres at m + 0.5).
+
+    A VALID layer's output cell i covers input cells stride·i .. stride·i + kernel − 1,
+    so it is centred on input cell stride·i + (kernel − 1)/2; composed over the seven
+    VALID layers, cell j is centred at 32j + 37.5 px (8 cells at 37.5 ... 261.5 at
+    299 px, symmetric about the image centre). The reference architecture's VALID
+    reductions drop the border, so these centres are up to 18.8 px from the
+    (j + 0.5)·299/8 at which docs/REGIONS.md places a feature map's cells and the cue
+    is sampled: Inception-v3's AIR is the coarser for it (docs/GUIDANCE.md).
+    """
+    stride, offset = 1.0, 0.5  # input pixel m is centred at m + 0.5
+    for kernel, step in _REDUCTIONS:
+        offset += stride * (kernel - 1) / 2
+        stride *= step
+    return CellGrid(activation_map_size(image_size_px), stride, offset)
 
 
 def check_image_size(image_size_px: int, aux_logits: bool) -> None:
