@@ -16,6 +16,10 @@ TINY = [
     "--config.guided_cnn.stem_width=4", "--config.guided_cnn.units_per_stage=(1,1,1)",
     "--config.guided_cnn.aspp_width=4",
     "--config.loader_threads=1",
+    # The recipe's warm-up at this scale (it must end by num_train_steps), and a learning rate
+    # that does not depend on num_train_steps, since the module's run resumes 4 -> 6 steps.
+    "--config.warmup_steps=1", "--config.guidance_delay_steps=1", "--config.guidance_ramp_steps=2",
+    "--config.lr_schedule=plateau",
 ]
 
 

@@ -176,10 +176,7 @@ def _grader(entry: Any, index: int) -> GraderRead:
         raise AnnotationError(f"{where}.findings must be an object, got {_type_name(found)}")
     by_finding: dict[str, tuple[str, ...]] = {}
     for name, names in found.items():
-        try:
-            findings_lib.get_finding(name)
-        except findings_lib.UnknownFindingError as e:
-            raise AnnotationError(f"{where} (annotator {annotator!r}): {e}") from None
+        _known_finding(name, f"{where} (annotator {annotator!r})")
         if not isinstance(names, list) or not names:
             raise AnnotationError(
                 f"{where} (annotator {annotator!r}): finding {name!r} needs a non-empty list of regions,"
@@ -199,6 +196,14 @@ def _grader(entry: Any, index: int) -> GraderRead:
     ordered = {name: by_finding[name] for name in findings_lib.FINDINGS if name in by_finding}
     extra = {k: v for k, v in entry.items() if k not in ("annotator", "findings")}
     return GraderRead(annotator=annotator, findings=ordered, extra=extra)
+
+
+def _known_finding(name: str, where: str) -> None:
+    """AnnotationError naming ``where`` unless ``name`` is a finding of the registry."""
+    try:
+        findings_lib.get_finding(name)
+    except findings_lib.UnknownFindingError as e:
+        raise AnnotationError(f"{where}: {e}") from None
 
 
 def _check_file(file: str, key: str = "'file'") -> None:
@@ -226,10 +231,7 @@ def _lesion_masks(value: Any) -> dict[str, str]:
         raise AnnotationError(f"{LESION_MASKS_KEY!r} must be an object (finding -> mask file), "
                               f"got {_type_name(value)}")
     for name, file in value.items():
-        try:
-            findings_lib.get_finding(name)
-        except findings_lib.UnknownFindingError as e:
-            raise AnnotationError(f"{LESION_MASKS_KEY}: {e}") from None
+        _known_finding(name, LESION_MASKS_KEY)
         if not isinstance(file, str) or not file:
             raise AnnotationError(f"{LESION_MASKS_KEY}[{name!r}] must be a non-empty string, got {file!r}")
         _check_file(file, f"{LESION_MASKS_KEY}[{name!r}]")
