@@ -3,7 +3,7 @@
 Writes, under ``WORKDIR/eval``: ``<split>_metrics.json`` (AUROC with its bootstrap
 95% interval, the operating point maximising the harmonic mean of sensitivity and
 specificity, AIR on true positives and false negatives, counts),
-``<split>_examples.csv`` (one row per example, excluded ones included),
+``<split>_examples.csv`` (one row per example, excluded ones included, every number at full precision),
 ``<split>_outputs.npz`` (probabilities and activation maps, for pictures and
 reports) and ``<split>_roc.png``.
 """
@@ -186,16 +186,22 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
                   outputs: dict[str, np.ndarray], ids: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     air = metrics.air_per_image(outputs["air_inside"], outputs["air_total"])
+    # Every number at full precision (the float64 value of what was computed): near eq. 2's
+    # epsilon floor, probabilities differ below the sixth decimal, and rounding would tie them
+    # and change the AUROC recomputed from this file.
+    probability = outputs["probability"].astype(np.float64)
+    with np.errstate(divide="ignore"):
+        logit = np.log(probability) - np.log1p(-probability)
     with open(out_dir / f"{split}_examples.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image_id", "status", "label", "probability", "air", "pointing_hit", "lesion_share"])
+        writer.writerow(["image_id", "status", "label", "probability", "logit", "air", "pointing_hit", "lesion_share"])
         for k in range(len(ids)):
             status = "excluded" if outputs["weight"][k] == 0 else ("positive" if outputs["label"][k] else "negative")
             label = "" if status == "excluded" else int(outputs["label"][k])
             known = bool(outputs["lesion_known"][k])
-            writer.writerow([ids[k], status, label, f"{outputs['probability'][k]:.6f}", f"{air[k]:.6f}",
-                             int(outputs["pointing_hit"][k]) if known else "",
-                             f"{outputs['lesion_share'][k]:.6f}" if known else ""])
+            writer.writerow([ids[k], status, label, repr(float(probability[k])), repr(float(logit[k])),
+                             repr(float(air[k])), int(outputs["pointing_hit"][k]) if known else "",
+                             repr(float(outputs["lesion_share"][k])) if known else ""])
     np.savez_compressed(
         out_dir / f"{split}_outputs.npz", image_id=ids, record_index=outputs["record_index"],
         probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],

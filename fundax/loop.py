@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, losses, reliability, stall, trainer
+from fundax import checkpoints, configs, losses, reliability, stall, trainer
 from fundax.data import pipeline
 
 log = logging.getLogger("fundax")
@@ -133,8 +133,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       data_dir: str | pathlib.Path, show_progress: bool = True) -> dict[str, Any]:
+                       data_dir: str | pathlib.Path, show_progress: bool = True,
+                       allow_config_change: bool = False) -> dict[str, Any]:
     """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint.
+
+    A resume whose config differs from the run's ``config.json`` in a key that changes what is
+    learnt (:func:`fundax.configs.resume_changes`) raises :class:`ConfigChangeError`, unless
+    ``allow_config_change``: then the change is recorded in ``config_changes.jsonl`` and
+    ``metrics.jsonl``.
 
     Raises :class:`reliability.Preempted` after saving when a stop signal arrives,
     :class:`reliability.NonFiniteError` on a NaN/Inf step (unless skipped),
@@ -146,13 +152,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     check_config(config, mesh.size)
     if jax.process_index() == 0:
         with reliability.WorkdirLock(workdir), reliability.StopSignals() as signals:
-            return _train(config, workdir, data_dir, mesh, signals, show_progress)
+            return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
     with reliability.StopSignals() as signals:
-        return _train(config, workdir, data_dir, mesh, signals, show_progress)
+        return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
+
+
+class ConfigChangeError(ValueError):
+    """A resume asked for a config that would make the run neither the old one nor a new one."""
+
+
+def saved_config(workdir: pathlib.Path) -> dict[str, Any] | None:
+    """The workdir's ``config.json``, or None when there is none."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigChangeError(f"{path} is not the JSON fundax writes ({e}): move it away to resume") from None
+
+
+def check_resume_config(saved: dict[str, Any] | None, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                        step: int, allow: bool) -> dict[str, tuple]:
+    """The result-changing differences from the saved config; raises unless ``allow``."""
+    changes = configs.resume_changes(saved, config) if saved is not None else {}
+    if changes and not allow:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise ConfigChangeError(
+            f"{workdir} holds a run to step {step} trained with another config ({listed}): resuming would make it "
+            "neither run. Use another --workdir, or pass --allow_config_change to continue it with the change "
+            "recorded in config_changes.jsonl")
+    return changes
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: str | pathlib.Path,
-           mesh: jax.sharding.Mesh, signals: reliability.StopSignals, show_progress: bool) -> dict[str, Any]:
+           mesh: jax.sharding.Mesh, signals: reliability.StopSignals, show_progress: bool,
+           allow_config_change: bool) -> dict[str, Any]:
+    # Read before the restore, a collective, so that process 0 cannot have rewritten it yet.
+    saved = saved_config(workdir)
     model = trainer.create_model(config)
     tx = trainer.make_optimizer(config)
     train_source = pipeline.open_split(config.dataset, data_dir, "train")
@@ -175,6 +212,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
         check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir))
     if restored is not None:
         state, loop_json, resumed_at = restored
+        changes = check_resume_config(saved, config, workdir, resumed_at, allow_config_change)
         loop = trainer.LoopState.from_json(loop_json)
         sums = {k: np.float32(v) for k, v in loop_json.get("train_sums", {}).items()}
         log.info("resuming %s from step %d (%s)", workdir, resumed_at, ckpts.directory)
@@ -185,10 +223,20 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
         loop = trainer.LoopState(config.finding, config.model, float(config.learning_rate),
                                  guidance_start=start if start >= 0 else None)
         sums = {}
+        changes = {}
     if process == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     writer = MetricWriter(workdir, resumed_at)
+    if changes:
+        text = "config changed on resume (--allow_config_change): " + "; ".join(
+            f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        log.warning("step %d: %s", resumed_at, text)
+        writer.note(resumed_at, "config_change", text)
+        if process == 0:
+            with open(workdir / "config_changes.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": resumed_at, "changes": {k: list(v) for k, v in changes.items()},
+                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
     train_step = trainer.make_train_step(model, tx, config, mesh)
     eval_step = trainer.make_eval_step(model, config, mesh)
     batch_sharding = NamedSharding(mesh, P(trainer.AXIS))

@@ -151,18 +151,22 @@ def heatmap_kernel_px(size_px: int) -> int:
     return max(1, side | 1)
 
 
-def smooth_heatmap(activation_map: np.ndarray, size_px: int) -> np.ndarray:
+def smooth_heatmap(activation_map: np.ndarray, size_px: int, normalise: bool = True) -> np.ndarray:
     """The paper's Fig. 3 processing of an (h, w) activation map, as a float32 (size_px, size_px) in [0, 1].
 
     Bilinear upsampling with pixel centres aligned (``cv2.resize``, INTER_LINEAR),
     a Gaussian of side :func:`heatmap_kernel_px` with OpenCV's sigma for that side
     (0.3·((k − 1)/2 − 1) + 0.8, 5.3 px for k = 33), then min-max normalisation;
-    a constant map, which has no hot spot to show, becomes all zeros.
+    a constant map, which has no hot spot to show, becomes all zeros. With
+    ``normalise=False`` the activation keeps its own scale (A = sigmoid of the logit,
+    clipped to [0, 1]), so a map near zero stays cold.
     """
     grid = _check_grid(activation_map, "activation_map").astype(np.float32)
     up = cv2.resize(grid, (size_px, size_px), interpolation=cv2.INTER_LINEAR)
     k = heatmap_kernel_px(size_px)
     blurred = cv2.GaussianBlur(up, (k, k), 0)
+    if not normalise:
+        return np.clip(blurred, 0.0, 1.0).astype(np.float32)
     low, high = float(blurred.min()), float(blurred.max())
     # Relative to the map's own range: with float32 round-off a constant map is not exactly flat.
     if high - low <= 1e-6 * max(1.0, abs(high)):
@@ -366,18 +370,33 @@ def draw_figure3(
 
 
 def draw_heatmap(
-    image: np.ndarray, activation_map: np.ndarray, out_path: str | os.PathLike, *, title: str = ""
+    image: np.ndarray, activation_map: np.ndarray, out_path: str | os.PathLike, *, title: str = "",
+    normalise: bool = False, decision: str = "",
 ) -> pathlib.Path:
-    """Write a PNG of a photograph beside its smoothed activation map laid over it."""
+    """Write a PNG of a photograph beside its smoothed activation map laid over it, with a colour bar.
+
+    By default the map keeps its own scale (activation 0 to 1), so a photograph scored
+    absent shows no hot spot; ``normalise=True`` stretches each map to its own range, as
+    the paper's Fig. 3 does for positives. ``decision`` is printed on the overlay.
+    """
+    import matplotlib
+
     image = _check_square(image, "image")
-    overlay = overlay_heatmap(image, smooth_heatmap(activation_map, image.shape[0]))
+    overlay = overlay_heatmap(image, smooth_heatmap(activation_map, image.shape[0], normalise))
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.6 if title else 4.3), dpi=100,
-                             gridspec_kw=dict(wspace=0.03, left=0, right=1, bottom=0, top=0.86 if title else 0.93))
+    fig, axes = plt.subplots(1, 3, figsize=(8.6, 4.6 if title else 4.3), dpi=100,
+                             gridspec_kw=dict(width_ratios=(1, 1, 0.05), wspace=0.04, left=0, right=0.93, bottom=0.02,
+                                              top=0.86 if title else 0.93))
     for ax, picture, caption in zip(axes, (image, overlay), ("photograph", "activation map")):
         ax.imshow(picture)
         ax.set_title(caption, fontsize=10)
         ax.set_axis_off()
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap="jet")
+    bar = fig.colorbar(scale, cax=axes[2])
+    bar.set_label("activation, this map's min to max" if normalise else "activation A", fontsize=9)
+    if decision:
+        axes[1].text(0.03, 0.03, decision, transform=axes[1].transAxes, fontsize=10, color="white",
+                     va="bottom", ha="left", bbox=dict(facecolor="black", alpha=0.7, edgecolor="none"))
     if title:
         fig.suptitle(title, fontsize=11, y=0.99, va="top")
     return _save(fig, out_path, bbox_inches="tight", pad_inches=0.05)

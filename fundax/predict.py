@@ -30,6 +30,9 @@ flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
 flags.DEFINE_string("out", "predictions", "Where the heatmap overlays go.")
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Larger photographs are refused.")
+flags.DEFINE_enum("heatmap", "absolute", ["absolute", "normalised"],
+                  "absolute: the activation on its own 0-1 scale, so an absent finding shows cold; normalised: "
+                  "each map stretched to its own range, as the paper's Fig. 3 shows positives.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -89,8 +92,11 @@ def main(argv: list[str]) -> int:
             failures += 1
             continue
         decision: Any = "–" if threshold is None else ("present" if probability >= threshold else "absent")
+        verdict = (f"{decision}: p = {probability:.3f} " + (f"{'≥' if decision == 'present' else '<'} threshold "
+                   f"{threshold:.3f}" if threshold is not None else "(no threshold)"))
         overlay = pictures.draw_heatmap(prepared, activation, out_dir / f"{pathlib.Path(path).stem}_{finding}.png",
-                                        title=f"{finding}: p = {probability:.3f} ({decision})")
+                                        title=f"{finding}: p = {probability:.3f} ({decision})", decision=verdict,
+                                        normalise=FLAGS.heatmap == "normalised")
         print(f"{path}: probability {probability:.4f}, {decision}; heatmap {overlay}")
     return 1 if failures else 0
 

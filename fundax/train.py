@@ -7,7 +7,9 @@
 
 With the default dataset (``fundus_findings/synthetic``) the synthetic set is
 prepared into ``--data_dir`` on first use. Running the same command on the same
-workdir resumes where it stopped.
+workdir resumes where it stopped. A resume with a config that changes what is learnt
+(anything but more steps, logging, checkpoint keeping and the loader) is refused with the
+differing keys listed, unless ``--allow_config_change`` records the change in the workdir.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and Tenso
 flags.DEFINE_string("data_dir", os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
                     "Where prepared datasets live (default $FUNDAX_DATA_DIR or ~/fundax_data).")
 flags.DEFINE_string("dataset", None, "TFDS name/config, e.g. fundus_findings/manual (default: the config's).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a run with a config that changes what it learns (refused otherwise); the change is "
+                  "recorded in the workdir's config_changes.jsonl.")
 configs.define_config_flag("A config file; override keys with --config.KEY=VALUE.")
 flags.mark_flags_as_required(["finding", "workdir"])
 
@@ -90,7 +95,8 @@ def main(argv: list[str]) -> int:
         if config.compilation_cache_dir != "off":
             parallel.enable_compilation_cache(
                 config.compilation_cache_dir or os.path.join(os.path.abspath(FLAGS.workdir), "jax_cache"))
-        result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir)
+        result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir,
+                                          allow_config_change=FLAGS.allow_config_change)
     except reliability.Preempted as e:
         print(f"{e}; the checkpoint is saved: run the same command again to resume", file=sys.stderr)
         return e.exit_status

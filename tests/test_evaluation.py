@@ -211,3 +211,31 @@ def test_metrics_file_is_written_last_so_a_crash_leaves_no_finished_evaluation(t
     assert json.loads((tmp_path / "test_metrics.json").read_text())["auroc"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "test_examples.csv", "test_metrics.json", "test_outputs.npz", "test_roc.png"]
+
+
+def test_examples_csv_keeps_every_digit_so_the_auroc_recomputes_exactly(tmp_path):
+    import numpy as np
+
+    from fundax import evaluation, metrics
+
+    # A run near eq. 2's epsilon floor: the probabilities differ only below the sixth decimal.
+    probability = np.float32(0.001) + np.array([3e-8, 9e-8, 1e-8, 7e-8, 2e-8, 5e-8], np.float32)
+    label = np.array([1, 1, 0, 1, 0, 0], np.float32)
+    n = len(label)
+    outputs = {"air_inside": np.full(n, 1 / 3, np.float32), "air_total": np.ones(n, np.float32),
+               "weight": np.ones(n, np.float32), "label": label, "probability": probability,
+               "record_index": np.arange(n), "activation_map": np.zeros((n, 2, 2), np.float32),
+               "logit_map": np.zeros((n, 2, 2), np.float32), "lesion_known": np.zeros(n, bool),
+               "pointing_hit": np.full(n, np.nan), "lesion_share": np.full(n, np.nan)}
+    auroc = metrics.auroc(label, probability)
+    assert len(set(np.round(probability, 6))) == 1  # six decimals would tie them all: AUROC 0.5
+    result = {"auroc": None, "finding": "macular_hole", "checkpoint_step": 1}
+    evaluation.write_outputs(tmp_path, "test", result, outputs, np.array([f"p{k}" for k in range(n)]))
+    with open(tmp_path / "test_examples.csv") as f:
+        rows = list(csv.DictReader(f))
+    read = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_array_equal(read, probability.astype(np.float64))
+    assert metrics.auroc(np.array([float(r["label"]) for r in rows]), read) == auroc == pytest.approx(8 / 9)
+    logit = np.array([float(r["logit"]) for r in rows])
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), read, rtol=1e-12)
+    assert float(rows[0]["air"]) == float(np.float32(1 / 3))

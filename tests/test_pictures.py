@@ -244,3 +244,44 @@ def test_draw_heatmap_shows_photograph_and_overlay_side_by_side(tmp_path):
     red = (pixels[..., 0] - pixels[..., 2] > 60)
     columns = np.flatnonzero(red.any(axis=0))
     assert columns.size and columns.min() > width / 2
+
+
+def test_absolute_heatmap_of_an_absent_prediction_stays_cold_where_the_normalised_one_glows():
+    # A photograph scored absent: the whole map near 0.006, the macula a little warmer.
+    activation = np.full((8, 8), 0.006, np.float32)
+    activation[3:5, 3:5] = 0.012
+    absolute = pictures.smooth_heatmap(activation, 64, normalise=False)
+    assert absolute.max() <= 0.012 + 1e-6 and absolute.min() >= 0.006 - 1e-6  # blurring adds no heat
+    normalised = pictures.smooth_heatmap(activation, 64)
+    assert normalised.max() == pytest.approx(1.0)
+    image = grey(64)
+    # alpha · heat ≤ 0.006: the photograph shows through within a grey level.
+    assert np.abs(pictures.overlay_heatmap(image, absolute).astype(int) - image).max() <= 1
+    assert np.abs(pictures.overlay_heatmap(image, normalised).astype(int) - image).max() > 40
+
+
+def test_absolute_heatmap_keeps_a_confident_map_and_clips_to_one():
+    hot = np.ones((4, 4), np.float32) * 1.5  # beyond A's range: clipped, not rescaled
+    np.testing.assert_array_equal(pictures.smooth_heatmap(hot, 32, normalise=False), np.ones((32, 32), np.float32))
+    np.testing.assert_allclose(pictures.smooth_heatmap(np.full((4, 4), 0.7, np.float32), 32, normalise=False), 0.7,
+                               rtol=1e-6)
+
+
+def test_draw_heatmap_prints_the_decision_and_a_colour_bar(tmp_path):
+    quiet = pictures.draw_heatmap(grey(128), np.full((8, 8), 0.006, np.float32), tmp_path / "a.png")
+    told = pictures.draw_heatmap(grey(128), np.full((8, 8), 0.006, np.float32), tmp_path / "b.png",
+                                 decision="absent: p = 0.006 < threshold 0.310")
+    a = np.asarray(Image.open(quiet).convert("RGB")).astype(int)
+    b = np.asarray(Image.open(told).convert("RGB")).astype(int)
+    assert a.shape == b.shape
+    # The decision box is dark on the overlay panel, nowhere on the photograph (the left panel,
+    # grey 100 from the left edge up to the gap between the panels).
+    changed = np.abs(a - b).sum(axis=-1) > 60
+    columns = np.flatnonzero(changed.any(axis=0))
+    photograph_end = np.flatnonzero((a[a.shape[0] // 2] != 100).any(axis=-1) & (np.arange(a.shape[1]) > 20))[0]
+    assert columns.size and columns.min() > photograph_end
+    # The colour bar: a column of jet colours right of the overlay, red at its top, blue at its bottom.
+    red = (a[..., 0] > 150) & (a[..., 2] < 80)
+    blue = (a[..., 2] > 150) & (a[..., 0] < 80)
+    assert red.any() and blue.any()
+    assert np.flatnonzero(red.any(axis=1)).min() < np.flatnonzero(blue.any(axis=1)).max()
