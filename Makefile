@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m fundax.report $(DEMO_DIR)/macular_hole --out=$(DEMO_DIR)/report --figure3
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

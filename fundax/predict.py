@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     failures = 0
     for path in paths:
         try:
-            prepared, probability, activation = predictor(images.load_image(path, FLAGS.max_pixels))
+            prepared, probability, activation = predictor(images.load_image(path, FLAGS.max_pixels, min_side_px=images.MIN_SIDE_PX))
         except (images.ImageError, ValueError) as e:
             print(f"{path}: error: {e}", file=sys.stderr)
             failures += 1

@@ -4,8 +4,11 @@
     python -m fundax.prepare --source=synthetic --num_train=1800 --num_test=200 --data_dir=DATA
 
 Prints a summary: lines read / accepted / rejected, and per split and finding the
-present / absent / excluded counts. Rejected lines, with their reasons, are in
-``rejects.jsonl`` beside the prepared files. ``--strict`` makes any rejection fatal.
+present / absent / excluded counts; a split without photographs is left out and named.
+Rejected lines, with their reasons, are in ``rejects.jsonl`` beside the prepared files.
+``--strict`` makes any rejection fatal. A dataset already in ``--data_dir`` is reused when
+it was prepared from the same annotations, photographs and parameters, and refused
+otherwise unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
 flags.DEFINE_string("shortcut_finding", None, "Synthetic: a finding whose label an artifact follows in train only.")
 flags.DEFINE_float("shortcut_strength", 0.9, "Synthetic: how often the artifact agrees with the label in train.")
 flags.DEFINE_bool("strict", False, "Fail on the first rejected line instead of keeping it aside.")
-flags.DEFINE_bool("overwrite", False, "Replace a dataset prepared with other parameters.")
+flags.DEFINE_bool("overwrite", False, "Replace a dataset prepared from other inputs or with other parameters.")
 flags.DEFINE_integer("workers", None, "Threads for decoding and resizing (default: all cores).")
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Larger photographs are rejected (decompression bombs).")
 
@@ -47,8 +50,11 @@ def main(argv: list[str]) -> int:
             FLAGS.source, FLAGS.data_dir, image_size_px=FLAGS.image_size, manual_dir=FLAGS.manual_dir,
             synthetic_config=synthetic_config, image_format=FLAGS.image_format, strict=FLAGS.strict,
             overwrite=FLAGS.overwrite, workers=FLAGS.workers, max_pixels=FLAGS.max_pixels)
-    except (ValueError, fundus_findings.PrepareError, FileNotFoundError) as e:
+    except (ValueError, fundus_findings.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         return 1
     print(summary(result))
     return 0

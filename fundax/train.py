@@ -84,6 +84,8 @@ def main(argv: list[str]) -> int:
         if FLAGS.dataset:
             config.dataset = FLAGS.dataset
         config.data_dir = os.path.abspath(FLAGS.data_dir)
+        # The whole config is checked before anything is prepared, which can take minutes.
+        loop.check_config(config, jax.device_count())
         if jax.default_backend() == "cpu":
             hint = "; for a run sized for a CPU use --config=experiments/configs/cpu_demo.py" \
                 if config.image_size > 128 else ""

@@ -58,11 +58,13 @@ MODELS = ("guided_cnn", "inception_v3")
 
 
 def check_model(config: ml_collections.ConfigDict) -> None:
-    """The model name, and what its architecture asks of the image size and the loss."""
+    """The model name, its compute dtype, and what its architecture asks of the image size and the loss."""
     if not isinstance(config.model, str) or config.model not in MODELS:
         # A config.json written before config.model named the model holds a section there.
         got = repr(config.model) if isinstance(config.model, str) else f"a {type(config.model).__name__}"
         raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {got}")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     if config.model == "guided_cnn" and config.image_size % guided_cnn.TOTAL_STRIDE:
         raise ValueError(f"image_size {config.image_size} must be a multiple of 16 for guided_cnn "
                          "(four stride-2 reductions)")
@@ -76,8 +78,6 @@ def check_model(config: ml_collections.ConfigDict) -> None:
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The config's model for its finding, with BatchNorm synchronised over ``data``."""
     check_model(config)
-    if config.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     if config.model == "inception_v3":
         c = config.inception_v3
         return inception_v3.InceptionV3(

@@ -155,17 +155,20 @@ def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
     photo = tmp_path / "eye.jpg"
     cv2.imwrite(str(photo), eye.image[:, :, ::-1])
     (tmp_path / "bad.png").write_text("not a photograph")
+    cv2.imwrite(str(tmp_path / "tiny.png"), eye.image[:16, :16])  # under the 32 px prepare accepts
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     done = subprocess.run(
         [sys.executable, "-m", "fundax.predict", f"--workdir={workdirs['with']}", "--checkpoint=latest",
-         f"--out={tmp_path / 'out'}", str(photo), str(tmp_path / "bad.png")],
+         f"--out={tmp_path / 'out'}", str(photo), str(tmp_path / "bad.png"), str(tmp_path / "tiny.png")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr[-2000:]  # one photograph failed
+    assert done.returncode == 1, done.stderr[-2000:]  # two photographs failed
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith(str(photo)))
     probability = float(line.split("probability ")[1].split(",")[0])
     assert 0 < probability < 1
     assert "bad.png: error:" in done.stderr
+    assert "tiny.png: error:" in done.stderr and "32 px" in done.stderr
     assert (tmp_path / "out" / "eye_macular_hole.png").exists()
+    assert not (tmp_path / "out" / "tiny_macular_hole.png").exists()
 
 
 def test_table1_gives_mean_and_sd_over_seeds_and_inception_air():

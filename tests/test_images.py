@@ -162,6 +162,21 @@ def test_over_max_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
         images.load_image(path, max_pixels=1999)
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (31, 400), (400, 31)])
+def test_under_min_side_is_refused_before_decoding(tmp_path, monkeypatch, height, width):
+    path = save(tmp_path / "small.png", rgb(height, width))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded an image under the limit"))
+    with pytest.raises(images.ImageError, match=rf"small\.png: {width}×{height} pixels; the shorter side must be "
+                                                rf"at least {images.MIN_SIDE_PX} px"):
+        images.load_image(path, min_side_px=images.MIN_SIDE_PX)
+
+
+def test_min_side_is_inclusive_and_off_by_default(tmp_path):
+    assert images.MIN_SIDE_PX == 32
+    assert images.load_image(save(tmp_path / "a.png", rgb(32, 40)), min_side_px=32).shape == (32, 40, 3)
+    assert images.load_image(save(tmp_path / "b.png", rgb(1, 1))).shape == (1, 1, 3)
+
+
 def test_pil_decompression_bomb_error(tmp_path, monkeypatch):
     path = save(tmp_path / "bomb.png", rgb(40, 50))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)

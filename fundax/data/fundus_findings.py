@@ -12,16 +12,20 @@ to ``image_size_px``, carrying the disc and fovea, and the lesion masks of a lin
 that has them, through the same transform.
 Splits: ``train`` (the derivation set), ``validation`` (a deterministic 10% of
 the file's train lines, chosen by hashing ``image_id``, so that it is stable when
-lines are added or reordered) and ``test``. Every rejected line is kept, with
-its reason, in ``rejects.jsonl`` beside the prepared files. Files are
+lines are added or reordered) and ``test``. A split that no accepted photograph
+falls in is left out of the dataset (TFDS cannot write an empty one) and named in
+``metadata["empty_splits"]``. Every rejected line is kept, with its reason, in
+``rejects.jsonl`` beside the prepared files, in line order. Files are
 ``array_record``: read them with ``tfds.data_source`` (no TensorFlow needed).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -77,10 +81,62 @@ class PrepareOptions:
             "source": source,
             "image_size_px": int(self.image_size_px),
             "image_format": self.image_format,
+            "max_pixels": int(self.max_pixels),
         }
         if source == "synthetic":
             params["synthetic"] = json.loads(json.dumps(dataclasses.asdict(self.synthetic_config)))
         return params
+
+
+def _generator_key(config: synthetic.SyntheticConfig) -> str:
+    """The synthetic photographs depend only on the generator's settings and its writer version."""
+    params = dataclasses.asdict(config) | {"writer": synthetic.WRITER_VERSION}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _named_files(annotations_text: str) -> set[str]:
+    """The photographs and lesion masks that the lines of an annotations file name, as written."""
+    files = set()
+    for text in annotations_text.removeprefix("\ufeff").split("\n"):
+        try:
+            line = json.loads(text)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(line, dict):
+            continue
+        masks = line.get(annotations.LESION_MASKS_KEY)
+        for file in [line.get("file"), *(masks.values() if isinstance(masks, dict) else ())]:
+            if isinstance(file, str):
+                files.add(file)
+    return files
+
+
+def input_fingerprint(config_name: str, manual_dir: str | os.PathLike | None,
+                      options: PrepareOptions) -> dict[str, Any]:
+    """What the prepared records are made from, beside the parameters: stored, and compared on reuse.
+
+    ``manual``: the sha256 of ``annotations.jsonl``, and one over the (path, size,
+    mtime_ns) of every photograph and lesion mask its lines name, a missing one
+    included. Hashing the photographs' contents would read the whole set on every
+    run; a file rewritten in place with the same size and modification time goes
+    unnoticed. ``synthetic``: the generator's settings, since it is deterministic.
+    """
+    if config_name == "synthetic":
+        return {"generator_sha256": _generator_key(options.synthetic_config)}
+    path = pathlib.Path(manual_dir) / "annotations.jsonl"
+    data = path.read_bytes()
+    stats = []
+    for file in sorted(_named_files(data.decode("utf-8", "replace"))):
+        try:
+            stat = annotations.resolve_image_path(manual_dir, file).stat()
+            stats.append([file, stat.st_size, stat.st_mtime_ns])
+        except (annotations.AnnotationError, OSError):
+            stats.append([file, None, None])
+    return {
+        "annotations_sha256": hashlib.sha256(data).hexdigest(),
+        "files_sha256": hashlib.sha256(json.dumps(stats).encode()).hexdigest(),
+        "num_files": len(stats),
+    }
 
 
 @dataclasses.dataclass
@@ -108,6 +164,7 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         super().__init__(*args, **kwargs)
         self.rejections: list[annotations.Rejection] = []
         self.num_read = 0
+        self.empty_splits: list[str] = []
         self._split_votes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
         self._progress = progress
         self._synthesis_progress = synthesis_progress
@@ -139,8 +196,7 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         if self.builder_config.name == "manual":
             return pathlib.Path(dl_manager.manual_dir)
         # Photographs are written at their own size; only the generator's settings matter.
-        params = dataclasses.asdict(self.options.synthetic_config) | {"writer": synthetic.WRITER_VERSION}
-        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        key = _generator_key(self.options.synthetic_config)[:12]
         out_dir = pathlib.Path(dl_manager.download_dir) / f"synthetic_{key}"
         if not (out_dir / "annotations.jsonl").exists():
             synthetic.write_manual_dir(out_dir, self.options.synthetic_config, workers=self.options.workers,
@@ -149,6 +205,8 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         manual_dir = self._manual_dir(dl_manager)
+        # Taken before the lines are read, so that an edit made while preparing shows on the next run.
+        self.info.metadata["inputs"] = input_fingerprint(self.builder_config.name, manual_dir, self.options)
         read = annotations.read_annotations(manual_dir / "annotations.jsonl")
         self.num_read = read.num_read
         self.rejections = list(read.rejections)
@@ -161,25 +219,30 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         self._fail_if_strict()
         self.info.metadata["prepare"] = self.options.params(self.builder_config.name)
         self.info.metadata["source_dir"] = os.fspath(manual_dir)
-        return {split: self._generate_examples(records, manual_dir, split) for split, records in by_split.items()}
+        generators = {}
+        for split, records in by_split.items():
+            # Whether a split is empty shows only once its photographs are checked; TFDS
+            # fails on a split that yields nothing, so each is started here and an empty one left out.
+            examples = self._generate_examples(records, manual_dir, split)
+            first = next(examples, None)
+            if first is None:
+                self.empty_splits.append(split)
+            else:
+                generators[split] = itertools.chain([first], examples)
+        return generators
 
     def _generate_examples(
         self, records: list[annotations.Record], manual_dir: pathlib.Path, split: str
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        prepare = lambda record: _prepare_record(record, manual_dir, self.options)  # noqa: E731
-        workers = self.options.workers or os.cpu_count() or 1
-        # cv2 and PIL release the GIL while decoding, resizing and encoding, so
-        # threads use every core without forking a process that may hold jax.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for outcome in pool.map(prepare, records):
-                if self._progress is not None:
-                    self._progress(1)
-                if outcome.rejection is not None:
-                    self.rejections.append(outcome.rejection)
-                    self._fail_if_strict()
-                    continue
-                self._split_votes[split].append(outcome.example["votes"])
-                yield outcome.example["image_id"], outcome.example
+        for outcome in _prepared(records, manual_dir, self.options):
+            if self._progress is not None:
+                self._progress(1)
+            if outcome.rejection is not None:
+                self.rejections.append(outcome.rejection)
+                self._fail_if_strict()
+                continue
+            self._split_votes[split].append(outcome.example["votes"])
+            yield outcome.example["image_id"], outcome.example
 
     def _fail_if_strict(self) -> None:
         if self.options.strict and self.rejections:
@@ -192,6 +255,7 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager, download_config: Any) -> None:
         super()._download_and_prepare(dl_manager, download_config)
         write_rejects(pathlib.Path(self.data_dir) / REJECTS_FILE, self.rejections)
+        self.info.metadata["empty_splits"] = self.empty_splits
         self.info.metadata["num_read"] = self.num_read
         self.info.metadata["num_rejected"] = len(self.rejections)
         self.info.metadata["num_accepted"] = self.num_read - len(self.rejections)
@@ -214,13 +278,31 @@ def label_counts(votes: np.ndarray, min_votes: int = 2) -> dict[str, dict[str, i
     }
 
 
+def _prepared(records: list[annotations.Record], manual_dir: pathlib.Path,
+              options: PrepareOptions) -> Iterator[_Outcome]:
+    """Each record prepared, in order, a few at a time ahead of the reader."""
+    workers = options.workers or os.cpu_count() or 1
+    # cv2 and PIL release the GIL while decoding, resizing and encoding, so
+    # threads use every core without forking a process that may hold jax.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        # A bounded window: splits are started together (see _split_generators), and
+        # photographs waiting for the writer would otherwise pile up in memory.
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        for record in records:
+            pending.append(pool.submit(_prepare_record, record, manual_dir, options))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _prepare_record(
     record: annotations.Record, manual_dir: pathlib.Path, options: PrepareOptions
 ) -> _Outcome:
     """Load, check and preprocess one photograph; a failure becomes a rejection."""
     try:
         path = annotations.resolve_image_path(manual_dir, record.file)
-        image = images.load_image(path, max_pixels=options.max_pixels)
+        image = images.load_image(path, max_pixels=options.max_pixels, min_side_px=images.MIN_SIDE_PX)
         height, width = image.shape[:2]
         images.check_inside(record.disc, record.fovea, width, height)
         crop = images.SquareCrop.of(image, options.image_size_px)
@@ -265,7 +347,7 @@ def _png(image: np.ndarray, image_id: str) -> bytes:
 
 
 def write_rejects(path: pathlib.Path, rejections: list[annotations.Rejection]) -> None:
-    """One JSON object per rejected line: file, line number, reason and original text."""
+    """One JSON object per rejected line, in line order: file, line number, reason and original text."""
     with open(path, "w", encoding="utf-8") as f:
-        for rejection in rejections:
+        for rejection in sorted(rejections, key=lambda r: r.line_number):
             f.write(json.dumps(rejection.as_json(), ensure_ascii=False) + "\n")

@@ -18,6 +18,10 @@ Choices callers rely on:
   twice that, which becomes an ImageError. Its warning is left a warning: with
   the default limit such images are refused here anyway, and changing warning
   filters is not thread-safe (images are decoded in threads when preparing).
+* :data:`MIN_SIDE_PX`: ``prepare`` refuses a photograph whose shorter side is
+  under 32 px, also read from the header. Such a file is a thumbnail or a
+  placeholder: resized to the prepared square it would be mostly interpolation,
+  with no lesion left to grade.
 * Every image is decoded in full, so a truncated file is an error. This relies
   on ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeping its default, False.
 """
@@ -36,6 +40,8 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE_PX = 32
+"""The shortest side, in pixels, of a photograph that ``prepare`` accepts."""
 FUNDUS_THRESHOLD = 15
 """Brightness (0-255, on the denoised max over channels) above which a pixel is fundus."""
 
@@ -60,7 +66,8 @@ def _raw_modes(im: Image.Image) -> Iterator[str]:
             yield raw
 
 
-def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tuple[str, ...] = _MODES) -> None:
+def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tuple[str, ...] = _MODES,
+                  min_side_px: int = 1) -> None:
     if im.format not in _FORMATS:
         raise ImageError(f"{path}: unsupported format {im.format}; want JPEG, PNG or TIFF")
     width, height = im.size
@@ -68,6 +75,8 @@ def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: t
         raise ImageError(
             f"{path}: {width}×{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
+    if min(width, height) < min_side_px:
+        raise ImageError(f"{path}: {width}×{height} pixels; the shorter side must be at least {min_side_px} px")
     frames = getattr(im, "n_frames", 1)
     if im.format != "MPO" and frames > 1:
         raise ImageError(f"{path}: holds {frames} frames; want a single picture")
@@ -80,8 +89,11 @@ def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: t
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-               modes: tuple[str, ...] = _MODES) -> np.ndarray:
-    """The photograph at ``path`` as uint8 (H, W, 3) RGB; ImageError naming the file if unusable."""
+               modes: tuple[str, ...] = _MODES, min_side_px: int = 1) -> np.ndarray:
+    """The photograph at ``path`` as uint8 (H, W, 3) RGB; ImageError naming the file if unusable.
+
+    ``max_pixels`` and ``min_side_px`` bound its size, checked before it is decoded.
+    """
     path = pathlib.Path(path)
     try:
         mode = path.stat().st_mode
@@ -106,7 +118,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
         except Exception as e:
             raise ImageError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
         with im:
-            _check_header(im, path, max_pixels, modes)
+            _check_header(im, path, max_pixels, modes, min_side_px)
             try:
                 im.load()
             except Exception as e:

@@ -25,6 +25,13 @@ class DatasetError(ValueError):
     """A dataset or split that cannot be read."""
 
 
+_EMPTY_BECAUSE = {
+    "train": "no line of annotations.jsonl with split train was accepted",
+    "validation": "it holds a stable 10% of the train lines, chosen by image_id, and none fell in it: add train lines",
+    "test": "no line of annotations.jsonl with split test was accepted",
+}
+
+
 def open_split(dataset: str, data_dir: str | pathlib.Path, split: str, decode_images: bool = True) -> Any:
     """The random-access source of one prepared split (``tfds.data_source``).
 
@@ -42,6 +49,9 @@ def open_split(dataset: str, data_dir: str | pathlib.Path, split: str, decode_im
         raise DatasetError(
             f"dataset {dataset!r} is not prepared in {data_dir}; run "
             f"python -m fundax.prepare --source={dataset.split('/')[-1]} --data_dir={data_dir}")
+    if split in (builder.info.metadata or {}).get("empty_splits", ()):
+        raise DatasetError(f"split {split!r} of {dataset!r} in {data_dir} is empty: {_EMPTY_BECAUSE[split]} "
+                           f"(rejected lines are in {pathlib.Path(builder.data_dir) / 'rejects.jsonl'})")
     if split not in builder.info.splits:
         raise DatasetError(
             f"dataset {dataset!r} in {data_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")

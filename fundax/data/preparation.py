@@ -1,9 +1,10 @@
-"""Preparing ``fundus_findings`` into a data directory: once, and reused while the parameters match."""
+"""Preparing ``fundus_findings`` into a data directory: once, and reused while its inputs and parameters match."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 from typing import Any
@@ -43,6 +44,83 @@ def _remove_incomplete(data_dir: pathlib.Path, config_name: str) -> None:
             shutil.rmtree(child)
 
 
+def _check_manual_dir(manual_dir: pathlib.Path) -> None:
+    if not manual_dir.is_dir():
+        raise ValueError(f"--manual_dir {manual_dir} is not a directory")
+    if not (manual_dir / "annotations.jsonl").is_file():
+        raise ValueError(f"--manual_dir {manual_dir} holds no annotations.jsonl (see docs/DATA_FORMAT.md)")
+
+
+def _check_writable(data_dir: pathlib.Path) -> None:
+    """Only before writing: a prepared dataset is reused from a read-only data_dir too."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"--data_dir {data_dir} is not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--data_dir {data_dir} cannot be created: {e.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--data_dir {data_dir} is not writable")
+
+
+_UNRECORDED = object()
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return "(not recorded)" if value is _UNRECORDED else repr(value)
+
+
+def _changes(existing: dict[str, Any], params: dict[str, Any], inputs: dict[str, Any],
+             source_dir: str | None) -> list[str]:
+    """How a prepared dataset's parameters and inputs differ from those wanted now, one phrase each."""
+    before, now = _flat(existing.get("prepare") or {}), _flat(params)
+    keys = [*now, *(key for key in before if key not in now)]
+    differing = [key for key in keys if before.get(key, _UNRECORDED) != now.get(key, _UNRECORDED)]
+    changes = []
+    if differing:
+        changes.append("it was prepared with " + ", ".join(
+            f"{key} {_shown(before.get(key, _UNRECORDED))}, not {_shown(now.get(key, _UNRECORDED))}"
+            for key in differing))
+    if source_dir is not None and existing.get("source_dir") != source_dir:
+        changes.append(f"it was prepared from {existing.get('source_dir')}, not {source_dir}")
+        return changes
+    recorded = existing.get("inputs")
+    if not recorded:
+        changes.append("its inputs were not recorded")
+    elif recorded.get("annotations_sha256") != inputs.get("annotations_sha256"):
+        changes.append(f"annotations.jsonl of {source_dir} changed")
+    elif recorded.get("files_sha256") != inputs.get("files_sha256"):
+        changes.append(f"the photographs or lesion masks that {source_dir}/annotations.jsonl names changed "
+                       "(size or modification time)")
+    elif recorded != inputs and not differing:
+        changes.append("the synthetic generator changed")
+    return changes
+
+
+def _check_usable(result: PrepareResult, strict: bool) -> None:
+    meta = result.metadata
+    if meta["num_accepted"] == 0:
+        source = pathlib.Path(meta.get("source_dir", result.dataset_dir)) / "annotations.jsonl"
+        raise fundus_findings.PrepareError(
+            f"no photograph of {source} was accepted ({meta['num_read']} lines read): reasons in "
+            f"{result.rejects_path}")
+    if strict and meta["num_rejected"]:
+        n = meta["num_rejected"]
+        raise fundus_findings.PrepareError(
+            f"--strict: {result.dataset_dir} holds {n} rejected line{'s' if n != 1 else ''}, prepared without "
+            f"--strict (reasons in {result.rejects_path})")
+
+
 def prepare(
     source: str,
     data_dir: str | pathlib.Path,
@@ -57,7 +135,11 @@ def prepare(
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     show_progress: bool = True,
 ) -> PrepareResult:
-    """Prepare (or reuse, when prepared with the same parameters) one config of the dataset."""
+    """Prepare (or reuse, when prepared from the same inputs with the same parameters) one config of the dataset.
+
+    A dataset prepared from other inputs or with other parameters is refused (ValueError
+    naming what changed) unless ``overwrite``; see :func:`fundus_findings.input_fingerprint`.
+    """
     import tensorflow_datasets as tfds
     from tqdm import tqdm
 
@@ -65,8 +147,8 @@ def prepare(
         raise ValueError(f"--source must be 'manual' or 'synthetic', got {source!r}")
     if source == "manual" and not manual_dir:
         raise ValueError("--source=manual needs --manual_dir (the folder holding annotations.jsonl)")
-    if source == "manual" and not pathlib.Path(manual_dir).is_dir():
-        raise ValueError(f"--manual_dir {manual_dir} is not a directory")
+    if source == "manual":
+        _check_manual_dir(pathlib.Path(manual_dir))
     data_dir = pathlib.Path(data_dir)
     options = fundus_findings.PrepareOptions(
         image_size_px=image_size_px, image_format=image_format,
@@ -76,17 +158,18 @@ def prepare(
     if (target / "dataset_info.json").exists():
         existing = load_metadata(target)
         if not overwrite:
-            if existing.get("prepare") != options.params(source):
-                raise ValueError(
-                    f"{target} was prepared with {json.dumps(existing.get('prepare'))}, not "
-                    f"{json.dumps(options.params(source))}: use another --data_dir or --overwrite")
-            if source == "manual" and existing.get("source_dir") != str(pathlib.Path(manual_dir)):
-                raise ValueError(
-                    f"{target} was prepared from {existing.get('source_dir')}, not {manual_dir}: "
-                    "use another --data_dir or --overwrite")
+            source_dir = str(pathlib.Path(manual_dir)) if source == "manual" else None
+            changes = _changes(existing, options.params(source),
+                               fundus_findings.input_fingerprint(source, manual_dir, options), source_dir)
+            if changes:
+                raise ValueError(f"{target} is out of date: {'; '.join(changes)}; pass --overwrite to prepare it "
+                                 "again, or use another --data_dir")
             builder = tfds.builder(f"{DATASET}/{source}", data_dir=data_dir)
-            return PrepareResult(target, existing, _split_sizes(builder), reused=True)
+            result = PrepareResult(target, existing, _split_sizes(builder), reused=True)
+            _check_usable(result, strict)
+            return result
         shutil.rmtree(target)
+    _check_writable(data_dir)
     _remove_incomplete(data_dir, source)
 
     tfds.disable_progress_bar()
@@ -106,7 +189,9 @@ def prepare(
     finally:
         synthesis.close()
         bar.close()
-    return PrepareResult(target, load_metadata(target), _split_sizes(builder), reused=False)
+    result = PrepareResult(target, load_metadata(target), _split_sizes(builder), reused=False)
+    _check_usable(result, strict)
+    return result
 
 
 def load_metadata(dataset_dir: pathlib.Path) -> dict[str, Any]:
@@ -115,7 +200,9 @@ def load_metadata(dataset_dir: pathlib.Path) -> dict[str, Any]:
 
 
 def _split_sizes(builder: Any) -> dict[str, int]:
-    return {name: split.num_examples for name, split in builder.info.splits.items()}
+    """Photographs per split, 0 for a split left out as empty."""
+    splits = builder.info.splits
+    return {name: splits[name].num_examples if name in splits else 0 for name in fundus_findings.SPLITS}
 
 
 def summary(result: PrepareResult) -> str:
@@ -133,4 +220,6 @@ def summary(result: PrepareResult) -> str:
             c = counts[name]
             head = f"{split:<11} {result.split_sizes.get(split, 0):>10}" if k == 0 else " " * 22
             lines.append(f"{head}  {name:<26} {c['present']:>8} {c['absent']:>8} {c['excluded']:>9}")
+    if meta.get("empty_splits"):
+        lines.append(f"empty splits, left out of the dataset: {', '.join(meta['empty_splits'])}")
     return "\n".join(lines)
