@@ -1,7 +1,10 @@
 """What keeps a long run safe: one training per workdir, graceful stops, non-finite steps.
 
-* :class:`WorkdirLock` — an exclusive ``flock`` on ``WORKDIR/.fundax.lock`` for the
-  run's lifetime; the kernel drops it when the process dies, however it dies.
+* :class:`WorkdirLock` — an exclusive operating-system lock (``filelock``: flock on
+  POSIX, LockFileEx on Windows) on ``WORKDIR/.fundax.lock`` for the run's lifetime;
+  the system drops it when the process dies, however it dies. Who holds it is
+  written beside it, in ``WORKDIR/.fundax.holder``, for the error a second
+  training gets at once.
 * :class:`StopSignals` — SIGTERM (what Cloud TPU and most schedulers send before
   preemption) or SIGINT asks the loop to finish its step, save and exit with
   status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal
@@ -13,18 +16,18 @@
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
 import os
 import pathlib
 import signal
 import socket
 from types import FrameType
 
+import filelock
 import jax
 from jax.experimental import multihost_utils
 
 LOCK_FILE = ".fundax.lock"
+HOLDER_FILE = ".fundax.holder"
 
 
 class WorkdirError(RuntimeError):
@@ -52,35 +55,36 @@ class WorkdirLock:
 
     def __init__(self, workdir: pathlib.Path):
         self.path = pathlib.Path(workdir) / LOCK_FILE
-        self._fd: int | None = None
+        self.holder_path = self.path.with_name(HOLDER_FILE)
+        self._lock = filelock.FileLock(self.path)
+
+    def _holder(self) -> str:
+        try:
+            return self.holder_path.read_text(errors="replace").strip() or "another process"
+        except OSError:
+            return "another process"
 
     def __enter__(self) -> WorkdirLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise WorkdirError(f"{self.path.parent} is in use by another training ({self._holder()}); "
+                               "wait for it to finish or use another --workdir") from None
         except OSError as e:
             raise WorkdirError(f"cannot write to workdir {self.path.parent}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise WorkdirError(f"{self.path.parent} is in use by another training ({holder}); "
-                                   "wait for it to finish or use another --workdir") from None
-            raise
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
-        self._fd = fd
+        try:
+            self.holder_path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+        except OSError as e:
+            self._lock.release()
+            raise WorkdirError(f"cannot write to workdir {self.path.parent}: {e.strerror or e}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._lock.is_locked:
+            self.holder_path.unlink(missing_ok=True)
+            self._lock.release()
 
 
 class StopSignals:

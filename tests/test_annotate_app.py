@@ -6,8 +6,16 @@ import base64
 import io
 import json
 import pathlib
+import signal
 import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -20,8 +28,8 @@ with warnings.catch_warnings():
 
 from fundax import regions
 from fundax.annotate import app as app_lib
-from fundax.annotate import catalogue, cli
-from fundax.data import annotations
+from fundax.annotate import catalogue, cli, photos
+from fundax.data import annotations, images
 
 TOKEN = "t0ken-for-tests"
 W, H = 60, 40
@@ -51,9 +59,23 @@ def manual(tmp_path):
     return root
 
 
+def _png_header(path: pathlib.Path, width: int, height: int) -> None:
+    """A PNG whose header says width×height RGB pixels, followed by far too few of them."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _session(manual: pathlib.Path, grader: str = "r01") -> app_lib.Session:
+    return cli.open_session(str(manual / "images"), str(manual / "annotations.jsonl"), grader, token=TOKEN)[0]
+
+
 def _client(manual: pathlib.Path, grader: str = "r01") -> TestClient:
-    session, _ = cli.open_session(str(manual / "images"), str(manual / "annotations.jsonl"), grader, token=TOKEN)
-    return TestClient(app_lib.create_app(session), base_url="http://127.0.0.1:8765")
+    return TestClient(app_lib.create_app(_session(manual, grader)), base_url="http://127.0.0.1:8765")
 
 
 def _reading(findings=None, disc=(20.0, 18.0), fovea=(45.0, 20.0), seen=None) -> str:
@@ -128,34 +150,34 @@ def test_reading_the_api_needs_the_session_token_too(manual, path):
     "/photos/A.PNG",
 ])
 def test_nothing_but_the_sessions_photographs_is_served(manual, path):
-    response = _client(manual).get(path)
+    response = _get(_client(manual), path)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
 
 
 def test_a_file_named_like_a_photograph_is_not_served(manual):
     client = _client(manual)
-    response = client.get("/photos/fake.jpg")
+    response = _get(client, "/photos/fake.jpg")
     assert response.status_code == 400 and "not an image" in response.json()["error"]
     assert b"a text file" not in response.content
     view = _get(client, "/api/photos/1").json()  # the page is told why, and can move past it
-    assert view["file"] == "images/fake.jpg" and "not a readable image" in view["problem"]
+    assert view["file"] == "images/fake.jpg" and "fake.jpg: not an image in a known format" in view["problem"]
 
 
 def test_a_symlink_repointed_outside_after_start_is_refused(manual, tmp_path):
     link = manual / "images" / "link.png"
     link.symlink_to(manual / "images" / "a.png")
     client = _client(manual)
-    assert client.get("/photos/link.png").status_code == 200
+    assert _get(client, "/photos/link.png").status_code == 200
     link.unlink()
     link.symlink_to(tmp_path / "outside" / "secret.png")
-    assert client.get("/photos/link.png").status_code == 404
+    assert _get(client, "/photos/link.png").status_code == 404
 
 
 def test_photographs_are_served_as_fundax_decodes_them(manual):
     client = _client(manual)
     for rel, seed in (("a.png", 0), ("sub/b.tif", 1)):
-        response = client.get(f"/photos/{rel}")
+        response = _get(client, f"/photos/{rel}")
         assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
         shown = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
         original = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
@@ -169,7 +191,153 @@ def test_a_foreign_host_header_is_refused_and_pages_carry_security_headers(manua
     response = _get(client, "/api/session")
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'self'" in response.headers["content-security-policy"]
-    assert app_lib.allowed_hosts("0.0.0.0") == ["*"]
+
+
+def test_photographs_need_the_session_and_tell_nothing_of_names_without_it(manual):
+    client = _client(manual)
+    existing, missing = client.get("/photos/a.png"), client.get("/photos/nope.png")
+    assert existing.status_code == missing.status_code == 403
+    assert existing.content == missing.content and "reload the tool's page" in existing.json()["error"]
+    page = client.get("/")
+    cookie = page.headers["set-cookie"]
+    assert f"={TOKEN};" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    assert client.get("/photos/a.png").status_code == 200  # the page's cookie opens the photographs
+    assert client.get("/photos/nope.png").status_code == 404
+    assert client.get("/api/session").status_code == 403  # but not the API: that needs the header
+    assert _post(client, 0, _reading(), token=None).status_code == 403
+    name = cookie.split("=", 1)[0]
+    client.cookies.clear()
+    client.cookies.set(name, "wrong")
+    assert client.get("/photos/a.png").status_code == 403
+    client.cookies.clear()
+    assert _get(client, "/photos/a.png").status_code == 200
+
+
+def _counting_decodes(monkeypatch, pause_s: float = 0.0) -> dict:
+    """Counts the photographs decoded, and the most decoded at once."""
+    seen = {"calls": [], "active": 0, "peak": 0}
+    lock, load = threading.Lock(), images.load_image
+
+    def counted(path, *args, **kwargs):
+        with lock:
+            seen["calls"].append(pathlib.Path(path).name)
+            seen["active"] += 1
+            seen["peak"] = max(seen["peak"], seen["active"])
+        try:
+            time.sleep(pause_s)
+            return load(path, *args, **kwargs)
+        finally:
+            with lock:
+                seen["active"] -= 1
+
+    monkeypatch.setattr(images, "load_image", counted)
+    return seen
+
+
+def test_a_photograph_is_decoded_once_for_the_browser(manual, monkeypatch):
+    seen = _counting_decodes(monkeypatch)
+    client = _client(manual)
+    first, second = _get(client, "/photos/a.png"), _get(client, "/photos/a.png")
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    assert seen["calls"] == ["a.png"]
+
+
+def test_decodes_run_one_at_a_time_and_a_photograph_asked_twice_at_once_is_decoded_once(manual, monkeypatch):
+    # Several pages (or one page's fast clicks) asking at once must not each hold a decoded photograph.
+    seen = _counting_decodes(monkeypatch, pause_s=0.2)
+    client = _client(manual)
+    wanted = ["a.png", "a.png", "sub/b.tif"]
+    start, statuses = threading.Barrier(len(wanted)), []
+
+    def fetch(rel: str) -> None:
+        start.wait()
+        statuses.append(_get(client, f"/photos/{rel}").status_code)
+
+    threads = [threading.Thread(target=fetch, args=(rel,)) for rel in wanted]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert statuses == [200, 200, 200]
+    assert sorted(seen["calls"]) == ["a.png", "b.tif"] and seen["peak"] == photos.MAX_DECODES == 1
+
+
+def test_the_photograph_cache_keeps_the_last_few_and_sees_changes(tmp_path):
+    decoded = []
+    cache = photos.JpegCache(entries=2, max_bytes=10**6,
+                             encode=lambda path: decoded.append(path.name) or path.read_bytes())
+    paths = [tmp_path / f"{k}.png" for k in range(3)]
+    for k, path in enumerate(paths):
+        path.write_bytes(bytes([k]) * 10)
+    for path in (*paths, paths[2], paths[0]):
+        cache.get(path)
+    assert decoded == ["0.png", "1.png", "2.png", "0.png"]  # 0 had made way for 2
+    paths[0].write_bytes(b"changed")
+    assert cache.get(paths[0]) == b"changed"
+    small = photos.JpegCache(entries=8, max_bytes=15, encode=lambda path: path.read_bytes())
+    for path in paths:
+        small.get(path)
+    assert len(small) == 1  # 10 bytes each: a second one would pass the byte limit
+
+
+@pytest.mark.parametrize("extra", [[], ["grader-pc.lan"]])
+def test_serving_on_all_interfaces_still_answers_only_to_this_machines_names(manual, extra):
+    # A page of another site whose name its owner points at this machine (DNS rebinding) sends that name.
+    hosts = app_lib.allowed_hosts("0.0.0.0", extra)
+    client = TestClient(app_lib.create_app(_session(manual), hosts), base_url="http://localhost:8765")
+    accepted = ["localhost:8765", "127.0.0.1", "[::1]:8765", "LocalHost:8765", socket.gethostname(),
+                f"{socket.getfqdn()}:8765", *[f"{name.upper()}:8765" for name in extra]]
+    for host in accepted:
+        response = client.get("/api/session", headers={"Host": host, app_lib.TOKEN_HEADER: TOKEN})
+        assert response.status_code == 200, host
+    refused = ["evil.example", "evil.example:8765", "localhost.evil.example", "pc.lan" if extra else "grader-pc.lan"]
+    for host in refused:
+        response = client.get("/", headers={"Host": host})
+        assert response.status_code == 400, host
+        assert TOKEN not in response.text and "--allowed_host" in response.json()["error"]
+    assert "*" not in hosts
+
+
+def test_photographs_prepare_would_refuse_are_flagged_when_opened_and_never_decoded(manual, monkeypatch):
+    _png_header(manual / "images" / "sub" / "big.png", 9000, 9000)  # 81 Mpx, 100 bytes
+    seen = _counting_decodes(monkeypatch)
+    client = _client(manual)
+    view = _get(client, "/api/photos/3").json()
+    assert view["file"] == "images/sub/big.png" and view["width"] is None
+    assert view["problem"].startswith("sub/big.png: 9000×9000 = 81000000 pixels, over the limit of 50000000")
+    assert "fundax.prepare" in view["problem"]
+    response = _get(client, "/photos/sub/big.png")
+    assert response.status_code == 400 and "over the limit of 50000000" in response.json()["error"]
+    saved = _post(client, 3, _reading())
+    assert saved.status_code == 400 and "over the limit" in saved.json()["error"]
+    assert seen["calls"] == []
+
+
+def test_a_photograph_under_prepares_minimum_side_is_flagged_too(manual, monkeypatch):
+    _png_header(manual / "images" / "sub" / "big.png", 640, 20)  # 20 px high: prepare wants 32
+    seen = _counting_decodes(monkeypatch)
+    view = _get(_client(manual), "/api/photos/3").json()
+    assert "640×20 pixels; the shorter side must be at least 32 px" in view["problem"], view["problem"]
+    assert "fundax.prepare" in view["problem"] and seen["calls"] == []
+
+
+def test_what_the_browser_is_told_names_paths_relative_to_the_images_folder(manual, tmp_path, monkeypatch):
+    _png_header(manual / "images" / "sub" / "broken.png", W, H)  # a header that reads, pixels that do not
+    client = _client(manual)
+    broken = _get(client, "/photos/sub/broken.png").json()["error"]
+    assert broken.startswith("sub/broken.png: truncated or corrupt"), broken
+    fake = _get(client, "/photos/fake.jpg").json()["error"]
+    assert fake.startswith("fake.jpg: "), fake
+    from fundax.annotate import store
+
+    def denied(*args):
+        raise PermissionError(13, "Permission denied", str(manual / "annotations.jsonl"))
+
+    monkeypatch.setattr(store.os, "replace", denied)
+    failed = _post(client, 0, _reading()).json()["error"]
+    assert failed == "cannot read or write ../annotations.jsonl: Permission denied"
+    for message in (broken, fake, failed):
+        assert str(tmp_path) not in message
 
 
 # --- what the page is told ----------------------------------------------------------------------
@@ -196,10 +364,11 @@ def test_the_region_map_is_fundax_regions_on_the_canvas_grid(manual, disc, fovea
 @pytest.mark.parametrize("query, reason", [
     ("disc=1,1&fovea=1,1&width=10&height=10", "coincide"),
     ("disc=1,1&fovea=61,1&width=10&height=10", "outside the image"),
-    ("disc=1,1&fovea=nan,1&width=10&height=10", "outside the image"),
+    ("disc=1,1&fovea=nan,1&width=10&height=10", "'fovea' must hold finite numbers"),
     ("disc=1,1&fovea=5,1&width=0&height=10", "must be positive"),
     ("disc=1,1&fovea=5,1&width=5000&height=5000", "at most"),
-    ("disc=1&fovea=5,1&width=10&height=10", "disc must be [x, y]"),
+    ("disc=1&fovea=5,1&width=10&height=10", "'disc' must be a list [x, y] of 2 numbers"),
+    ("disc=1,x&fovea=5,1&width=10&height=10", "want ?disc"),
     ("disc=1,1&width=10&height=10", "want ?disc"),
 ])
 def test_bad_region_map_requests_say_why(manual, query, reason):
@@ -230,14 +399,26 @@ def test_a_reading_is_saved_merged_and_read_back(manual):
     (_reading({"drusen": "macula"}), 400, "non-empty list"),
     (_reading(disc=(61.0, 1.0)), 400, "disc (61, 1) lies outside the image"),
     (_reading(disc=(45.0, 20.0)), 400, "coincide"),
-    (json.dumps({"findings": {}, "disc": [1, 2]}), 400, "fovea must be [x, y]"),
+    (json.dumps({"findings": {}, "disc": [1, 2]}), 400, "'fovea' must be a list [x, y] of 2 numbers, got None"),
     (_reading({"drusen": [["macula"]]}), 400, "non-empty list of regions (names)"),
-    (_reading(disc="12"), 400, "disc must be [x, y]"),
-    (_reading(disc=(10 ** 400, 1)), 400, "disc must be [x, y]"),
+    (_reading(disc="12"), 400, "'disc' must be a list [x, y] of 2 numbers"),
+    (_reading(disc=(10 ** 400, 1)), 400, "'disc' holds a number too large for a float"),
+    # What the file reader refuses, the tool refuses: no coercion, no last-one-wins, no crash.
+    (_reading(disc=("20", "18")), 400, "'disc' must hold numbers, got str '20'"),
+    (_reading(disc=(True, 18)), 400, "'disc' must hold numbers, got bool True"),
+    ('{"findings": {}, "disc": {"20": 0, "18": 0}, "fovea": [45, 20]}', 400, "'disc' must be a list [x, y]"),
+    (_reading(disc=(20, 18, 1)), 400, "'disc' must be a list [x, y] of 2 numbers"),
+    ('{"findings": {}, "disc": [20, 18], "fovea": [45, 20], "disc": [1, 1]}', 400, "duplicate key 'disc'"),
+    ('{"findings": {"drusen": ["macula"], "drusen": []}, "disc": [20, 18], "fovea": [45, 20]}', 400,
+     "duplicate key 'drusen'"),
+    ('{"findings": ' + "[" * 60_000, 400, "nested too deeply"),
+    (_reading(seen=[["40", "20"], [15, 21]]), 400, "centres_seen must be [disc, fovea]"),
+    (_reading(seen=[[True, 20], [15, 21]]), 400, "centres_seen must be [disc, fovea]"),
     (_reading(seen=[[20.0, 18.0], 5]), 400, "centres_seen must be [disc, fovea]"),
     (_reading(seen=[[20.0, 18.0], "ab"]), 400, "centres_seen must be [disc, fovea]"),
     ("[1, 2]", 400, "must be a JSON object"),
     ("{", 400, "not JSON"),
+    (b"\xff{}", 400, "not JSON"),
     ("x" * (app_lib.MAX_BODY_BYTES + 1), 400, "over"),
 ])
 def test_bad_readings_are_refused_and_change_nothing(manual, body, status, reason):
@@ -295,7 +476,10 @@ def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_
                                                            "r\udcff01"],
         f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)": [
             "--images", images, "--out", out, "--port", str(port)],
+        f"--out {manual}/dangling.jsonl: leads to {tmp_path}/gone/a.jsonl, whose folder does not exist": [
+            "--images", images, "--out", str(manual / "dangling.jsonl"), "--port", str(port)],
     }
+    (manual / "dangling.jsonl").symlink_to(tmp_path / "gone" / "a.jsonl")
     try:
         for expected, argv in cases.items():
             argv = argv if "--grader" in argv else [*argv, "--grader", "r01"]
@@ -305,6 +489,17 @@ def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_
     with pytest.raises(SystemExit):
         cli.main(["--images", images, "--out", out, "--grader", "r01", "--port", "70000"])
     assert "error: argument --port: want a port in 0..65535, got 70000" in capsys.readouterr().err
+
+
+def test_a_symlinked_out_is_written_through_to_the_file_it_names(manual, tmp_path):
+    shared = tmp_path / "shared" / "annotations.jsonl"
+    shared.parent.mkdir()
+    (manual / "annotations.jsonl").rename(shared)
+    (manual / "annotations.jsonl").symlink_to(shared)
+    assert _post(_client(manual), 0, _reading()).status_code == 200
+    assert (manual / "annotations.jsonl").is_symlink()
+    result = annotations.read_annotations(manual / "annotations.jsonl")
+    assert result.rejections == [] and {r.image_id for r in result.records} == {"a", "b-1"}
 
 
 def test_rejected_lines_of_an_existing_file_are_reported_and_kept(manual):
@@ -317,23 +512,62 @@ def test_rejected_lines_of_an_existing_file_are_reported_and_kept(manual):
     assert path.read_text().splitlines()[1] == '{"image_id": "x"}'
 
 
-def test_serving_beyond_this_machine_warns(manual, monkeypatch, capsys):
+def test_serving_beyond_this_machine_warns_and_names_the_hosts_it_answers_to(manual, monkeypatch, capsys):
     import uvicorn
 
     served = {}
 
     def run(self, sockets):
-        served["host"] = sockets[0].getsockname()[0]
+        served["host"], served["app"] = sockets[0].getsockname()[0], self.config.app
         sockets[0].close()
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     argv = ["--images", str(manual / "images"), "--out", str(manual / "annotations.jsonl"), "--grader", "r01",
             "--port", "0"]
-    assert cli.main([*argv, "--host", "0.0.0.0"]) == 0
+    assert cli.main([*argv, "--host", "0.0.0.0", "--allowed_host", "Grader-PC.lan.",
+                     "--allowed_host", "[fd00::7]"]) == 0
     err = capsys.readouterr()
-    assert "warning: --host 0.0.0.0 lets other machines see the photographs" in err.err
+    warning = next(line for line in err.err.splitlines() if line.startswith("warning: --host"))
+    assert "warning: --host 0.0.0.0 lets other machines see the photographs" in warning
+    for name in ("localhost", "127.0.0.1", socket.gethostname().lower(), "grader-pc.lan", "fd00::7"):
+        assert name in warning
     assert "3 photographs, 0 read" in err.out and served["host"] == "0.0.0.0"
+    client = TestClient(served["app"])
+    for host, status in (("grader-pc.lan:8765", 200), ("[fd00::7]:8765", 200), ("evil.example", 400)):
+        assert client.get("/", headers={"Host": host}).status_code == status, host
     assert cli.main(argv) == 0 and "warning: --host" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--allowed_host", "a b"])
+    assert "argument --allowed_host: want a host name or address, got 'a b'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_stops_the_tool_with_one_line(manual):
+    argv = ["--images", str(manual / "images"), "--out", str(manual / "annotations.jsonl"), "--grader", "r01",
+            "--port", "0"]
+    tool = subprocess.Popen([sys.executable, "-m", "fundax.annotate", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        started = tool.stdout.readline()
+        assert started.startswith("fundax annotate: http://127.0.0.1:"), started
+        url = started.split()[2]
+        deadline = time.monotonic() + 30
+        while True:  # Ctrl-C while it serves, not while it starts
+            try:
+                with direct.open(url, timeout=5) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        tool.send_signal(signal.SIGINT)
+        out, err = tool.communicate(timeout=30)
+    finally:
+        tool.kill()
+    assert tool.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out.splitlines() == ["fundax annotate: stopped; r01 has read 0 of 3 photographs"]
     assert cli.is_loopback("127.0.0.2") and cli.is_loopback("::1") and not cli.is_loopback("example.org")
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
+import ast
 import json
 import multiprocessing
 import os
 import pathlib
 import signal
+import threading
 import time
 
+import filelock
 import pytest
 
 from fundax.annotate import store
@@ -143,9 +145,9 @@ def test_the_file_keeps_its_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640
 
 
-def _grade(path: str, grader: str, image_ids: list[str]) -> None:
-    """One grader process: saves every image, each a different finding."""
-    s = store.AnnotationStore(path)
+def _grade(path: str, grader: str, image_ids: list[str], s: store.AnnotationStore | None = None) -> None:
+    """One grader: saves every image, each a different finding."""
+    s = s or store.AnnotationStore(path)
     for k, image_id in enumerate(image_ids):
         for _ in range(50):
             try:
@@ -223,8 +225,8 @@ def test_a_save_waits_for_the_lock_held_by_another_process(tmp_path):
     path = tmp_path / "annotations.jsonl"
     path.write_bytes(_line("a"))
     s = store.AnnotationStore(path)
-    fd = os.open(s.lock_path, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    held = filelock.FileLock(s.lock_path)
+    held.acquire()
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     child = context.Process(target=_save_one, args=(str(path), ready))
@@ -234,7 +236,7 @@ def test_a_save_waits_for_the_lock_held_by_another_process(tmp_path):
         time.sleep(0.5)
         assert child.is_alive() and path.read_bytes() == _line("a")
     finally:
-        os.close(fd)
+        held.release()
     child.join(60)
     assert child.exitcode == 0 and set(_accepted(path)) == {"a", "b"}
 
@@ -311,3 +313,68 @@ def _accepted_after_rejections(path: pathlib.Path, rejected: list[int]) -> dict[
     result = annotations.read_annotations(path)
     assert [r.line_number for r in result.rejections] == rejected
     return {r.image_id: r for r in result.records}
+
+
+def test_a_symlinked_file_is_written_through_to_its_target(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "annotations.jsonl"
+    target.write_bytes(_line("a"))
+    link = tmp_path / "annotations.jsonl"
+    link.symlink_to(target)
+    s = store.AnnotationStore(link)
+    _save(s, "b", "r01", {"drusen": ["macula"]}, seen=None)
+    assert link.is_symlink() and link.resolve() == target
+    assert set(_accepted(target)) == {"a", "b"}
+    assert s.lock_path == shared / "annotations.jsonl.lock" and s.lock_path.exists()
+    # Another tool given the target itself takes the same lock and sees the same file.
+    assert store.AnnotationStore(target).lock_path == s.lock_path
+    assert store.AnnotationStore(target).snapshot().entry("b", "r01") is not None
+
+
+def test_a_symlink_to_a_file_not_yet_there_creates_it(tmp_path):
+    (tmp_path / "shared").mkdir()
+    link = tmp_path / "annotations.jsonl"
+    link.symlink_to(pathlib.Path("shared") / "annotations.jsonl")  # relative, as `ln -s` makes them
+    _save(store.AnnotationStore(link), "a", "r01", seen=None)
+    assert link.is_symlink() and set(_accepted(tmp_path / "shared" / "annotations.jsonl")) == {"a"}
+
+
+def test_threads_saving_at_once_lose_nothing(tmp_path):
+    # Two stores on one file (two tools in one process) and threads sharing each of them.
+    path = tmp_path / "annotations.jsonl"
+    stores = [store.AnnotationStore(path), store.AnnotationStore(path)]
+    graders = [f"g{k}" for k in range(6)]
+    ids = [f"img-{k}" for k in range(5)]
+    start = threading.Barrier(len(graders))
+    errors = []
+
+    def grade(k: int) -> None:
+        start.wait()
+        try:
+            _grade(str(path), graders[k], ids[k % len(ids):] + ids[:k % len(ids)], stores[k % 2])
+        except BaseException as e:  # a failure in a thread must fail the test, not vanish
+            errors.append(e)
+
+    threads = [threading.Thread(target=grade, args=(k,)) for k in range(len(graders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    records = _accepted(path)
+    assert set(records) == set(ids)
+    for image_id in ids:
+        assert sorted(g.annotator for g in records[image_id].graders) == graders
+
+
+def test_no_fundax_module_imports_fcntl_so_the_tool_starts_on_windows():
+    root = pathlib.Path(store.__file__).parents[1]
+    importers = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "fcntl" or (name or "").startswith("fcntl.") for name in names):
+                importers.append(str(path.relative_to(root)))
+    assert importers == []

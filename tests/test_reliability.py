@@ -222,6 +222,21 @@ def test_busy_workdir_is_refused(prepared_dir, tmp_path):
     _train_steps(prepared_dir, tmp_path, 2)  # free again once released
 
 
+def test_a_second_lock_on_a_workdir_is_refused_at_once_and_names_the_holder(tmp_path):
+    with reliability.WorkdirLock(tmp_path):
+        for _ in range(2):  # a refused attempt leaves the holder's lock in place
+            started = time.monotonic()
+            with pytest.raises(reliability.WorkdirError, match=rf"in use by another training \(pid {os.getpid()} on "):
+                with reliability.WorkdirLock(tmp_path):
+                    pass
+            assert time.monotonic() - started < 1  # refused, not waited for
+    with reliability.WorkdirLock(tmp_path / "run"):  # a workdir not there yet is made
+        pass
+    with reliability.WorkdirLock(tmp_path):  # free again once released
+        pass
+    assert "fcntl" not in reliability.__dict__
+
+
 def test_unwritable_workdir_is_a_clear_error(prepared_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

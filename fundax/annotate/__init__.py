@@ -9,5 +9,6 @@ image's line of ``annotations.jsonl`` (``docs/DATA_FORMAT.md``), which
 
 * :mod:`fundax.annotate.store` — locked, atomic merges into the annotations file.
 * :mod:`fundax.annotate.catalogue` — which photographs a session shows, their ids.
+* :mod:`fundax.annotate.photos` — the photographs as the browser gets them: checked, decoded, cached.
 * :mod:`fundax.annotate.app` — the web app; :mod:`fundax.annotate.cli` — the command line.
 """

@@ -7,12 +7,17 @@ click toggles the region of the cell under the pointer. So the overlay and the
 regions saved are the ones training will use.
 
 Safety: only the session's photographs are served, decoded and re-encoded, so
-nothing but image pixels leaves the images folder; every request to ``/api/``, and
-every one other than GET/HEAD, needs the session token, which only the tool's own
-page holds (another web page cannot read it, nor send the header without the
-tool's consent, so it can neither change data nor set the tool computing region
-maps); the Host header must name the address served, which stops DNS-rebinding
-pages.
+nothing but image pixels leaves the images folder, and what the browser is told
+names them relative to it. Every request to ``/api/``, and every one other than
+GET/HEAD, needs the session token, which only the tool's own page holds (another
+web page cannot read it, nor send the header without the tool's consent, so it
+can neither change data nor set the tool computing region maps). A photograph
+needs the token or the session cookie the page gets with it (``SameSite=Strict``,
+``HttpOnly``), so another site can neither make the tool decode photographs nor
+learn which names exist. The Host header must be one of the tool's names
+(:func:`allowed_hosts`), also when it listens on every interface, which keeps
+out pages of another site whose name was pointed at this machine (DNS rebinding):
+they could otherwise read the token from the page.
 """
 
 from __future__ import annotations
@@ -20,26 +25,25 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import hmac
 import importlib.resources
 import inspect
 import json
-import math
+import os
 import pathlib
+import socket
 import string
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
-import cv2
 import numpy as np
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -48,10 +52,13 @@ from starlette.staticfiles import StaticFiles
 from fundax import findings as findings_lib
 from fundax import pictures
 from fundax import regions as regions_lib
-from fundax.annotate import catalogue, store
+from fundax.annotate import catalogue, photos, store
+from fundax.data import annotations as annotations_lib
 from fundax.data import images as images_lib
 
 TOKEN_HEADER = "X-Fundax-Token"
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+ALL_INTERFACES = ("0.0.0.0", "::", "")
 MAX_BODY_BYTES = 64 * 1024  # one grader's reading of one image is well under 1 kB
 MAX_GRID_CELLS = 4096 * 4096
 _SAFE_METHODS = ("GET", "HEAD")
@@ -79,6 +86,7 @@ class Session:
     store: store.AnnotationStore
     token: str
     split: str = "train"  # of lines the tool creates
+    jpegs: photos.JpegCache = dataclasses.field(default_factory=photos.JpegCache)
 
     @functools.cached_property
     def by_rel(self) -> dict[str, catalogue.Photo]:
@@ -87,6 +95,15 @@ class Session:
     @functools.cached_property
     def image_ids(self) -> list[str]:
         return [photo.image_id for photo in self.photos]
+
+    @functools.cached_property
+    def cookie_name(self) -> str:
+        # Cookies do not tell ports apart: two tools on one machine need two names.
+        return "fundax-" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
+
+    def shown(self, message: str) -> str:
+        """``message`` with the absolute paths under the images folder made relative to it, for the browser."""
+        return message.replace(f"{self.images_dir}{os.sep}", "")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -100,41 +117,21 @@ def _photo(session: Session, request: Request) -> catalogue.Photo:
     return session.photos[index]
 
 
-def _image_size(path: pathlib.Path) -> tuple[int, int]:
-    """(width, height) from the header; BadRequest if it is not an image fundax reads."""
+def _image_size(session: Session, photo: catalogue.Photo) -> tuple[int, int]:
+    """(width, height) of ``photo``; BadRequest if ``fundax.prepare`` would refuse it."""
     try:
-        with Image.open(path) as im:
-            if im.format not in ("JPEG", "MPO", "PNG", "TIFF"):
-                raise BadRequest(f"{path.name}: unsupported format {im.format}")
-            return im.size
-    except (OSError, Image.DecompressionBombError) as e:
-        raise BadRequest(f"{path.name}: not a readable image ({e})") from None
-
-
-@functools.lru_cache(maxsize=8)
-def _encoded(path: str, mtime_ns: int, size: int) -> bytes:
-    """The photograph as fundax decodes it (EXIF orientation not applied), as a JPEG for the browser."""
-    del mtime_ns, size  # part of the cache key only
-    try:
-        rgb = images_lib.load_image(path)
+        return photos.size(catalogue.resolve_photo(session.images_dir, session.by_rel, photo.rel))
     except images_lib.ImageError as e:
-        raise BadRequest(str(e)) from None
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]  # keep colour detail
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise BadRequest(f"{pathlib.Path(path).name}: cannot be encoded for the browser")
-    return jpeg.tobytes()
+        raise BadRequest(session.shown(str(e))) from None
 
 
 def _view(session: Session, photo: catalogue.Photo) -> dict[str, Any]:
     """What the page shows of one photograph: where it is, its centres, this grader's reading."""
-    path = catalogue.resolve_photo(session.images_dir, session.by_rel, photo.rel)
     try:
-        width, height, problem = *_image_size(path), None
+        width, height, problem = *_image_size(session, photo), None
     except BadRequest as e:  # the page says so and lets the grader move on
-        width, height, problem = None, None, str(e)
+        width, height = None, None
+        problem = f"{e}; fundax.prepare would reject it, so it cannot be annotated"
     snapshot = session.store.snapshot()
     line = snapshot.lines.get(photo.image_id) or {}
     centres = snapshot.centres(photo.image_id)
@@ -150,30 +147,45 @@ def _view(session: Session, photo: catalogue.Photo) -> dict[str, Any]:
     }
 
 
-def _xy(value: Any, name: str, width: float, height: float) -> tuple[float, float]:
-    """A point [x, y] inside the image, as given (centres from the file keep their precision)."""
+def _centres(disc: Any, fovea: Any, width: int, height: int) -> tuple[tuple[float, float], ...]:
+    """(disc, fovea), each [x, y] as the file reader takes it and inside the image as preparing wants it."""
     try:
-        if isinstance(value, str):  # "12" would unpack into 1 and 2
-            raise TypeError
-        x, y = (float(v) for v in value)
-    except (TypeError, ValueError, OverflowError):
-        raise BadRequest(f"{name} must be [x, y], got {value!r}") from None
-    if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= width and 0 <= y <= height):
-        raise BadRequest(f"{name} ({x:g}, {y:g}) lies outside the image: x in [0, {width}], y in [0, {height}]")
-    return x, y
-
-
-def _centres(disc: Any, fovea: Any, width: float, height: float) -> tuple[tuple[float, float], ...]:
-    centres = _xy(disc, "disc", width, height), _xy(fovea, "fovea", width, height)
+        # The reader's own check of a point: numbers only, no strings, booleans or objects made into them.
+        centres = tuple(annotations_lib.read_point({name: value}, name) for name, value in
+                        (("disc", disc), ("fovea", fovea)))
+        images_lib.check_inside(*centres, width, height)
+    except (annotations_lib.AnnotationError, images_lib.ImageError) as e:
+        raise BadRequest(str(e)) from None
     if centres[0] == centres[1]:
         raise BadRequest("disc and fovea coincide: place them apart")
     return centres
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _centres_seen(value: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The centres as the file had them ([disc, fovea] or null), which need not lie inside the image."""
+    if value is None:
+        return None
+    bad = BadRequest(f"centres_seen must be [disc, fovea] or null, each [x, y] of numbers, got {value!r}")
+    if not (isinstance(value, list) and len(value) == 2 and all(
+            isinstance(p, list) and len(p) == 2 and all(map(_is_number, p)) for p in value)):
+        raise bad
+    try:
+        (dx, dy), (fx, fy) = ((float(x), float(y)) for x, y in value)
+    except OverflowError:
+        raise bad from None
+    return (dx, dy), (fx, fy)
+
+
 def index_page(session: Session, request: Request) -> HTMLResponse:
     template = string.Template((_STATIC / "index.html").read_text(encoding="utf-8"))
     page = template.substitute(token=escape(session.token), grader=escape(session.grader))
-    return HTMLResponse(page)
+    response = HTMLResponse(page)
+    response.set_cookie(session.cookie_name, session.token, httponly=True, samesite="strict")
+    return response
 
 
 def session_info(session: Session, request: Request) -> JSONResponse:
@@ -195,11 +207,11 @@ def photo_view(session: Session, request: Request) -> JSONResponse:
 def region_map(session: Session, request: Request) -> JSONResponse:
     """The region id of every cell of the page's canvas grid, and where to write each name."""
     photo = _photo(session, request)
-    width, height = _image_size(catalogue.resolve_photo(session.images_dir, session.by_rel, photo.rel))
+    width, height = _image_size(session, photo)
     query = request.query_params
     try:
         grid_w, grid_h = int(query["width"]), int(query["height"])
-        disc, fovea = (query[k].split(",") for k in ("disc", "fovea"))
+        disc, fovea = ([float(v) for v in query[k].split(",")] for k in ("disc", "fovea"))
     except (KeyError, ValueError):
         raise BadRequest("want ?disc=x,y&fovea=x,y&width=W&height=H") from None
     if not (0 < grid_w and 0 < grid_h and grid_w * grid_h <= MAX_GRID_CELLS):
@@ -223,9 +235,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY_BYTES:
             raise BadRequest(f"request body over {MAX_BODY_BYTES} bytes")
     try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("request body is not JSON") from None
+        # As the file reader parses a line: a key given twice is refused rather than the last one kept.
+        obj = json.loads(body, object_pairs_hook=annotations_lib.no_duplicate_keys)
+    except annotations_lib.AnnotationError as e:
+        raise BadRequest(f"request body: {e}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("request body is not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object")
     return obj
@@ -233,18 +250,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def save_reading(session: Session, photo: catalogue.Photo, body: dict[str, Any]) -> dict[str, Any]:
     """Merge this grader's findings (``{}``: normal) and the centres into the file; the new view."""
-    width, height = _image_size(catalogue.resolve_photo(session.images_dir, session.by_rel, photo.rel))
+    width, height = _image_size(session, photo)
     found = body.get("findings")
     if not isinstance(found, dict):
         raise BadRequest(f"findings must be an object of finding → regions, got {found!r}")
     disc, fovea = _centres(body.get("disc"), body.get("fovea"), width, height)
-    seen = body.get("centres_seen")
-    if seen is not None:
-        try:  # the centres as the file had them, which need not lie inside the image
-            (dx, dy), (fx, fy) = seen
-            seen = (float(dx), float(dy)), (float(fx), float(fy))
-        except (TypeError, ValueError, OverflowError):
-            raise BadRequest(f"centres_seen must be [disc, fovea] or null, got {seen!r}") from None
+    seen = _centres_seen(body.get("centres_seen"))
     session.store.save(photo.image_id, file=photo.file, split=session.split, disc=disc, fovea=fovea,
                        annotator=session.grader, findings=found, centres_seen=seen)
     return _view(session, photo)
@@ -258,8 +269,11 @@ async def save(session: Session, request: Request) -> JSONResponse:
 
 def photo_file(session: Session, request: Request) -> Response:
     path = catalogue.resolve_photo(session.images_dir, session.by_rel, request.path_params["rel"])
-    st = path.stat()
-    return Response(_encoded(str(path), st.st_mtime_ns, st.st_size), media_type="image/jpeg")
+    try:
+        jpeg = session.jpegs.get(path)
+    except images_lib.ImageError as e:
+        raise BadRequest(session.shown(str(e))) from None
+    return Response(jpeg, media_type="image/jpeg")
 
 
 Handler = Callable[[Session, Request], Any]
@@ -280,16 +294,33 @@ def _route(session: Session, handler: Handler) -> Callable[[Request], Awaitable[
         except (BadRequest, store.StoreError) as e:
             return _error(400, str(e))
         except OSError as e:  # a full disk or a lost permission: the grader must know the save failed
-            return _error(500, f"cannot read or write {e.filename or 'a file'}: {e.strerror or e}")
+            where = os.path.relpath(e.filename, session.images_dir) if isinstance(e.filename, str) else "a file"
+            return _error(500, f"cannot read or write {where}: {e.strerror or e}")
 
     return endpoint
 
 
-async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]], token: str) -> Response:
-    supplied = request.headers.get(TOKEN_HEADER, "")
-    needs_token = request.method not in _SAFE_METHODS or request.url.path.startswith("/api/")
-    if needs_token and not hmac.compare_digest(supplied.encode(), token.encode()):
-        response: Response = _error(403, f"missing or wrong {TOKEN_HEADER}: reload the tool's page")
+def _matches(supplied: str, token: str) -> bool:
+    return hmac.compare_digest(supplied.encode(), token.encode())
+
+
+def _has_session(request: Request, session: Session) -> bool:
+    """The page's token in the header, or, for a photograph, the cookie the page came with."""
+    if _matches(request.headers.get(TOKEN_HEADER, ""), session.token):
+        return True
+    photo = request.method in _SAFE_METHODS and request.url.path.startswith("/photos/")
+    return photo and _matches(request.cookies.get(session.cookie_name, ""), session.token)
+
+
+async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]], session: Session,
+                 hosts: frozenset[str]) -> Response:
+    path = request.url.path
+    needs_session = request.method not in _SAFE_METHODS or path.startswith(("/api/", "/photos/"))
+    if host_name(request.headers.get("host", "")) not in hosts:
+        response: Response = _error(400, "the Host header is not a name of this tool: open it by one of the names"
+                                         " it printed, or start it with --allowed_host NAME")
+    elif needs_session and not _has_session(request, session):
+        response = _error(403, f"missing or wrong {TOKEN_HEADER} or session cookie: reload the tool's page")
     else:
         response = await call_next(request)
     for key, value in _HEADERS.items():
@@ -297,15 +328,42 @@ async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Resp
     return response
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """Host header values to accept when serving on ``host``: its own name, or any for all interfaces."""
-    if host in ("0.0.0.0", "::", ""):
-        return ["*"]
-    return sorted({"127.0.0.1", "localhost", "::1", "[::1]", host, f"[{host}]" if ":" in host else host})
+def host_name(value: str) -> str:
+    """The host of a Host header or address: no port, no brackets, no final dot, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
 
 
-def create_app(session: Session, host: str = "127.0.0.1") -> Starlette:
-    """The web app serving ``session`` on ``host``."""
+def _machine_names() -> set[str]:
+    """This machine's names and their addresses, as far as it knows them (DNS may be slow or down)."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names |= {str(info[4][0]).partition("%")[0] for info in socket.getaddrinfo(name, None)}
+        except (OSError, UnicodeError):
+            continue
+    return names
+
+
+def allowed_hosts(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host header names to answer to when listening on ``host``, sorted.
+
+    This machine's loopback names, ``host`` itself and ``extra``; on every
+    interface (0.0.0.0, ::) also the machine's names and addresses. Never any
+    name: a page of another site whose name was pointed at this machine sends it.
+    """
+    names = {*LOCAL_NAMES, host, *extra}
+    if host_name(host) in ALL_INTERFACES:
+        names |= _machine_names()
+    return sorted(filter(None, map(host_name, names)))
+
+
+def create_app(session: Session, hosts: Collection[str] | None = None) -> Starlette:
+    """The web app serving ``session``, answering to the Host names ``hosts`` (default: this machine's loopback)."""
     routes = [
         Route("/", _route(session, index_page)),
         Route("/api/session", _route(session, session_info)),
@@ -315,8 +373,6 @@ def create_app(session: Session, host: str = "127.0.0.1") -> Starlette:
         Route("/photos/{rel:path}", _route(session, photo_file)),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]
-    middleware = [
-        Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host)),
-        Middleware(BaseHTTPMiddleware, dispatch=functools.partial(_guard, token=session.token)),
-    ]
+    hosts = frozenset(map(host_name, allowed_hosts("127.0.0.1") if hosts is None else hosts))
+    middleware = [Middleware(BaseHTTPMiddleware, dispatch=functools.partial(_guard, session=session, hosts=hosts))]
     return Starlette(routes=routes, middleware=middleware)

@@ -111,8 +111,11 @@ def check_folders(images_dir: str | os.PathLike, out: str | os.PathLike) -> tupl
     manual = out_path.absolute().parent
     if not manual.is_dir():
         raise CatalogueError(f"--out {out_path}: the folder {manual} does not exist")
-    if not os.access(manual, os.W_OK):
-        raise CatalogueError(f"--out {out_path}: the folder {manual} is not writable")
+    target = out_path.resolve()  # a symbolic link is written through to its target, beside it
+    if not target.parent.is_dir():
+        raise CatalogueError(f"--out {out_path}: leads to {target}, whose folder does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise CatalogueError(f"--out {out_path}: the folder {target.parent} is not writable")
     images, manual = images.resolve(), manual.resolve()
     if not images.is_relative_to(manual):
         raise CatalogueError(f"--images {images_dir}: must lie inside {manual}, the folder of --out, because the"

@@ -2,7 +2,7 @@
 
 Every bad input stops the tool with one line that names the flag, the path and
 what is wrong; lines of an existing annotations file that the dataset reader
-rejects are reported and left as they are.
+rejects are reported and left as they are. Ctrl-C stops it with one line.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fundax.annotate import catalogue, store
 from fundax.data import annotations as annotations_lib
 
 GRADER_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
+HOST_PATTERN = re.compile(r"[a-z0-9._:-]{1,253}")
 _SHOWN_PROBLEMS = 3
 
 
@@ -49,10 +50,11 @@ def open_session(images_dir: str, out: str, grader: str, split: str = "train",
     except catalogue.CatalogueError as e:
         raise UsageError(str(e)) from None
     notes = []
-    annotation_store = store.AnnotationStore(manual / pathlib.Path(out).name)
+    out_path = manual / pathlib.Path(out).name
+    annotation_store = store.AnnotationStore(out_path)
     if annotation_store.path.exists():
         try:
-            result = annotations_lib.read_annotations(annotation_store.path)
+            result = annotations_lib.read_annotations(out_path)
             snapshot = annotation_store.snapshot()
         except OSError as e:
             raise UsageError(f"--out {out}: cannot be read ({e.strerror or e})") from None
@@ -95,6 +97,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _host(text: str) -> str:
+    name = app_lib.host_name(text)
+    if not HOST_PATTERN.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"want a host name or address, got {text!r}")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fundax.annotate",
@@ -109,13 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_port, default=8765, help="port (default: 8765; 0: any free one)")
+    parser.add_argument("--allowed_host", type=_host, action="append", default=[], metavar="NAME",
+                        help="another name the tool may be opened by (repeatable); it answers only to this"
+                        " machine's own names otherwise")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def serve(args: argparse.Namespace) -> int:
+    """Check the flags, open the session and serve it until stopped."""
     import uvicorn
 
-    args = build_parser().parse_args(argv)
     try:
         session, notes = open_session(args.images, args.out, args.grader, args.split)
         sock = listen(args.host, args.port)
@@ -123,17 +135,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {e}") from None
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
+    hosts = app_lib.allowed_hosts(args.host, args.allowed_host)
     if not is_loopback(args.host):
         print(f"warning: --host {args.host} lets other machines see the photographs and change the annotations;"
-              " the session token only keeps other web pages out", file=sys.stderr)
+              f" it answers only to the names {', '.join(hosts)} (--allowed_host adds more)", file=sys.stderr)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     snapshot = session.store.snapshot()
     read = store.count_read(snapshot, session.image_ids, session.grader)
     print(f"fundax annotate: http://{shown}:{port}/  grader {session.grader}, {len(session.photos)} photographs,"
           f" {read} read; writing {os.fspath(session.store.path)}; Ctrl-C stops", flush=True)
-    app = app_lib.create_app(session, args.host)
+    app = app_lib.create_app(session, hosts)
     # log_config=None: uvicorn's own logging.config would close every handler set up before it.
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn has finished the requests under way and raises the Ctrl-C again once it has stopped.
+        read = store.count_read(session.store.snapshot(), session.image_ids, session.grader)
+        print(f"fundax annotate: stopped; {session.grader} has read {read} of {len(session.photos)} photographs",
+              flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return serve(args)
+    except KeyboardInterrupt:  # before it serves: nothing was written
+        print("fundax annotate: stopped", file=sys.stderr)
+        return 130

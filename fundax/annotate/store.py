@@ -1,11 +1,13 @@
 """The annotations file the tool writes: each grader's reading merged into its image's line.
 
-Every save is serialised across threads and processes (an ``fcntl`` lock on the
-sidecar ``<file>.lock``), reads the file again under that lock, changes only the
-line of the image being saved, and replaces the file atomically (a temporary file
-beside it, fsync, rename, fsync of the folder). So several graders writing one
-file, or a writer killed at any instant, lose nothing: readers see the old file
-or the new one, never a mix.
+Every save is serialised across threads and processes (an operating-system file
+lock, ``filelock``'s, on the sidecar ``<file>.lock``, which the system drops when
+its holder dies), reads the file again under that lock, changes only the line of
+the image being saved, and replaces the file atomically (a temporary file beside
+it, fsync, rename, fsync of the folder). So several graders writing one file, or
+a writer killed at any instant, lose nothing: readers see the old file or the new
+one, never a mix. A file that is a symbolic link is written through to its
+target, locked there, and stays a link.
 
 Every other line, valid or not, is kept byte for byte. In the changed line the
 other graders' entries and any extra keys keep their values and key order (JSON
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -29,6 +30,8 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import filelock
 
 from fundax import findings as findings_lib
 from fundax import regions as regions_lib
@@ -86,14 +89,6 @@ def _physical_lines(data: bytes) -> list[bytes]:
     return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # As in the reader: a repeated key makes the line broken, rather than letting the last one win.
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key")
-    return obj
-
-
 def _decode(raw: bytes, first: bool) -> str:
     """The text of one physical line; as in the reader, a byte order mark is only ignored at the start of the file."""
     return raw.decode("utf-8-sig" if first else "utf-8")
@@ -102,7 +97,8 @@ def _decode(raw: bytes, first: bool) -> str:
 def _loads(raw: bytes, first: bool = False) -> dict[str, Any] | None:
     """The JSON object of one physical line, or None for a blank, broken or non-object line."""
     try:
-        obj = json.loads(_decode(raw, first), object_pairs_hook=_unique_keys)
+        # As in the reader: a repeated key makes the line broken, rather than letting the last one win.
+        obj = json.loads(_decode(raw, first), object_pairs_hook=annotations_lib.no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
@@ -210,9 +206,13 @@ class AnnotationStore:
     """One ``annotations.jsonl``: cached reads, and locked, atomic merges of one grader's reading."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = pathlib.Path(path).absolute()
+        given = pathlib.Path(path).absolute()
+        # A link to a file graders share is written through: replacing the link would leave them the old file.
+        self.path = given.resolve()
+        self.manual_dir = given.parent  # ``file`` paths are relative to the folder the file was named in
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._thread_lock = threading.Lock()
+        self._file_lock = filelock.FileLock(self.lock_path, thread_local=False)
         self._cache: tuple[tuple[int, int, int], Snapshot] | None = None
 
     def snapshot(self) -> Snapshot:
@@ -227,7 +227,7 @@ class AnnotationStore:
             return cached[1]
         lines = _physical_lines(self.path.read_bytes())
         by_id = {image_id: _loads(lines[k], k == 0) or {}
-                 for image_id, k in _index(lines, self.path.parent).items()}
+                 for image_id, k in _index(lines, self.manual_dir).items()}
         by_file = {os.path.normpath(obj["file"]): i for i, obj in by_id.items() if isinstance(obj.get("file"), str)}
         snap = Snapshot(by_id, by_file)
         self._cache = (key, snap)
@@ -235,15 +235,10 @@ class AnnotationStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        # flock locks belong to the open file description, so two threads of one
-        # process would each get their own; the thread lock orders those.
-        with self._thread_lock:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the flock; a killed writer releases it too
+        # The file lock keeps other processes (and other stores of this file) out;
+        # the thread lock orders this store's threads, which share one file lock.
+        with self._thread_lock, self._file_lock:
+            yield
 
     def save(
         self,
@@ -267,7 +262,7 @@ class AnnotationStore:
             self._remove_stale_temporaries()
             data = self.path.read_bytes() if self.path.exists() else b""
             lines = _physical_lines(data)
-            at = _index(lines, self.path.parent).get(image_id)
+            at = _index(lines, self.manual_dir).get(image_id)
             old = _loads(lines[at], at == 0) if at is not None else None
             now = Snapshot({image_id: old}, {}).centres(image_id) if old is not None else None
             seen = None if centres_seen is None else (_point(centres_seen[0]), _point(centres_seen[1]))
@@ -313,13 +308,15 @@ class AnnotationStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; keep the file readable as it was
+                os.chmod(tmp, mode)  # mkstemp makes 0600; keep the file readable as it was
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if os.name == "nt":
+            return  # Windows cannot open a folder to flush it
         # The rename itself is only durable once the folder is on disk.
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:

@@ -128,7 +128,8 @@ class ReadResult:
         return len(self.records) + len(self.rejections)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that refuses a key given twice (JSON would keep the last)."""
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
@@ -141,7 +142,8 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _point(obj: dict[str, Any], key: str) -> tuple[float, float]:
+def read_point(obj: dict[str, Any], key: str) -> tuple[float, float]:
+    """``obj[key]`` as an (x, y) of finite numbers; AnnotationError naming ``key`` otherwise."""
     value = obj[key]
     if not isinstance(value, list) or len(value) != 2:
         raise AnnotationError(f"{key!r} must be a list [x, y] of 2 numbers, got {value!r}")
@@ -241,7 +243,7 @@ def _lesion_masks(value: Any) -> dict[str, str]:
 def parse_line(text: str, line_number: int = 1) -> Record:
     """The record of one line (``text`` without its newline); AnnotationError(reason) if bad."""
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"not valid JSON: {e.msg} (column {e.colno})") from None
     except AnnotationError:
@@ -266,7 +268,7 @@ def parse_line(text: str, line_number: int = 1) -> Record:
     split = obj["split"]
     if split not in SPLITS:
         raise AnnotationError(f"bad split {split!r}: want one of {', '.join(map(repr, SPLITS))}")
-    disc, fovea = _point(obj, "disc"), _point(obj, "fovea")
+    disc, fovea = read_point(obj, "disc"), read_point(obj, "fovea")
     if disc == fovea:
         raise AnnotationError(f"disc equals fovea ({disc[0]:g}, {disc[1]:g}): the regions are undefined")
 

@@ -66,8 +66,9 @@ def _raw_modes(im: Image.Image) -> Iterator[str]:
             yield raw
 
 
-def _check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tuple[str, ...] = _MODES,
-                  min_side_px: int = 1) -> None:
+def check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tuple[str, ...] = _MODES,
+                 min_side_px: int = 1) -> None:
+    """ImageError naming ``path`` unless the opened (not yet decoded) image is one prepare can read."""
     if im.format not in _FORMATS:
         raise ImageError(f"{path}: unsupported format {im.format}; want JPEG, PNG or TIFF")
     width, height = im.size
@@ -118,7 +119,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
         except Exception as e:
             raise ImageError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
         with im:
-            _check_header(im, path, max_pixels, modes, min_side_px)
+            check_header(im, path, max_pixels, modes, min_side_px)
             try:
                 im.load()
             except Exception as e:

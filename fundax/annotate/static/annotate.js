@@ -284,7 +284,7 @@
     let bitmap = null;
     let problem = view.problem;
     if (!problem) {
-      const response = await fetch(view.url);
+      const response = await fetch(view.url, {headers: {"X-Fundax-Token": token}});
       if (response.ok) bitmap = await createImageBitmap(await response.blob());
       else problem = (await response.json().catch(() => ({}))).error || `cannot load ${view.file}`;
     }

@@ -1,0 +1,101 @@
+"""The photographs as the browser gets them: checked from the header, decoded one at a time, cached.
+
+A photograph that ``fundax.prepare`` would refuse from its header alone (format,
+frames, sample depth, more than :data:`fundax.data.images.DEFAULT_MAX_PIXELS`)
+is never decoded: :func:`size` says why, and the page shows it when the
+photograph is opened. The others are decoded as fundax decodes them (EXIF
+orientation not applied) and re-encoded as JPEG. A photograph near the limit
+takes some 150 MB per copy while it is decoded, and a small file can claim that
+many pixels, so the whole process decodes :data:`MAX_DECODES` at a time, whoever
+asks; a :class:`JpegCache` keeps the last few JPEGs, keyed by path, modification
+time and size, so moving back and forth decodes nothing again.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pathlib
+import threading
+from collections.abc import Callable
+
+import cv2
+from PIL import Image
+
+from fundax.data import images as images_lib
+
+MAX_DECODES = 1
+CACHE_ENTRIES = 8
+CACHE_BYTES = 128 * 1024 * 1024
+_decoding = threading.BoundedSemaphore(MAX_DECODES)
+
+
+def size(path: pathlib.Path) -> tuple[int, int]:
+    """(width, height) from the header; ImageError naming ``path`` if ``fundax.prepare`` would refuse it."""
+    try:
+        with Image.open(path) as im:
+            # The preparation's own header checks, so the tool refuses what preparing would.
+            images_lib.check_header(im, path, images_lib.DEFAULT_MAX_PIXELS, min_side_px=images_lib.MIN_SIDE_PX)
+            return im.size
+    except images_lib.ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise images_lib.ImageError(f"{path}: too many pixels ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise images_lib.ImageError(f"{path}: not an image in a known format; want JPEG, PNG or TIFF") from None
+    # Decoders of untrusted files fail in many ways; each means the file is unusable.
+    except Exception as e:
+        raise images_lib.ImageError(f"{path}: not a readable image ({e})") from None
+
+
+def browser_jpeg(path: pathlib.Path) -> bytes:
+    """The photograph as fundax decodes it, as a JPEG; ImageError naming ``path`` if it cannot be."""
+    size(path)
+    rgb = images_lib.load_image(path, max_pixels=images_lib.DEFAULT_MAX_PIXELS)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]  # keep colour detail
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise images_lib.ImageError(f"{path}: cannot be encoded for the browser")
+    return jpeg.tobytes()
+
+
+class JpegCache:
+    """The last ``entries`` JPEGs made (at most ``max_bytes`` in all), made one at a time in the process."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES,
+                 encode: Callable[[pathlib.Path], bytes] = browser_jpeg):
+        self.entries, self.max_bytes, self._encode = entries, max_bytes, encode
+        self._jpegs: collections.OrderedDict[tuple[str, int, int], bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._jpegs)
+
+    def _cached(self, key: tuple[str, int, int]) -> bytes | None:
+        with self._lock:
+            jpeg = self._jpegs.get(key)
+            if jpeg is not None:
+                self._jpegs.move_to_end(key)
+            return jpeg
+
+    def get(self, path: pathlib.Path) -> bytes:
+        """The JPEG of the photograph at ``path`` as it is now."""
+        st = os.stat(path)
+        key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+        jpeg = self._cached(key)
+        if jpeg is not None:
+            return jpeg
+        with _decoding:
+            # Whoever waited here for the same photograph finds it made.
+            jpeg = self._cached(key)
+            if jpeg is not None:
+                return jpeg
+            jpeg = self._encode(path)
+        with self._lock:
+            self._jpegs[key] = jpeg
+            while len(self._jpegs) > 1 and (len(self._jpegs) > self.entries
+                                            or sum(map(len, self._jpegs.values())) > self.max_bytes):
+                self._jpegs.popitem(last=False)
+        return jpeg
