@@ -115,7 +115,8 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     eval_step = trainer.make_eval_step(trainer.create_model(config), config, mesh)
     outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
         source, example, global_batch=global_batch, process_index=jax.process_index(),
-        process_count=jax.process_count()), NamedSharding(mesh, P(trainer.AXIS)))
+        process_count=jax.process_count(), threads=config.loader_threads, prefetch_batches=config.prefetch_batches),
+        NamedSharding(mesh, P(trainer.AXIS)))
     ids = np.array(image_ids(config, data_dir, split))[outputs["record_index"]]
 
     scored = outputs["weight"] > 0

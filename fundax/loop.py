@@ -314,7 +314,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 check_finite()
                 outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
                     val_source, example, global_batch=config.batch_size, process_index=process,
-                    process_count=processes), batch_sharding)
+                    process_count=processes, threads=config.loader_threads,
+                    prefetch_batches=config.prefetch_batches), batch_sharding)
                 validation = trainer.validation_metrics(outputs, config.guidance_weight, config.epsilon)
                 before = loop.learning_rate
                 # During the guidance warm-up the network is not yet the model eq. 3 trains: it is not

@@ -25,7 +25,9 @@ flags.DEFINE_enum("source", "synthetic", ["manual", "synthetic"], "Where the ann
 flags.DEFINE_string("manual_dir", None, "With --source=manual: the folder holding annotations.jsonl.")
 flags.DEFINE_string("data_dir", "data", "Where prepared datasets live (a TFDS data_dir).")
 flags.DEFINE_integer("image_size", 512, "Side of the prepared square photographs, in pixels.")
-flags.DEFINE_enum("image_format", "png", ["png", "jpeg"], "png is lossless; jpeg is smaller.")
+flags.DEFINE_enum("image_format", "png", list(fundus_findings.IMAGE_FORMATS),
+                  "png: lossless, the default; jpeg: quality 95, a fifth of png's size, ~3x cheaper to read; raw: "
+                  "lossless uncompressed pixels, the cheapest to read, 3x png's size (experiments/BENCHMARKS.md).")
 flags.DEFINE_integer("num_train", 1800, "Synthetic: photographs in the train split (validation included).")
 flags.DEFINE_integer("num_test", 200, "Synthetic: photographs in the test split.")
 flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,10 +44,12 @@ def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[st
 class Setup:
     """Mesh, model, optimiser, state and a device-resident batch for ``config``.
 
-    The mesh spans ``devices``, by default every local device.
+    The mesh spans ``devices``, by default every local device. ``initial``: the initial state
+    on the host, when another Setup of the same config has it (:attr:`initial_state`).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None,
+                 initial: trainer.TrainState | None = None):
         self.config = config
         self.mesh = trainer.make_mesh(jax.local_devices() if devices is None else devices)
         if config.batch_size % self.mesh.size:
@@ -56,6 +59,7 @@ class Setup:
         self.sharding = NamedSharding(self.mesh, P(trainer.AXIS))
         self.batch = pipeline.to_global(random_batch(config), self.sharding)
         self._train_steps: dict[bool, Any] = {}
+        self._initial = initial
 
     def train_step(self, augment: bool = True) -> Any:
         """The compiled train step, with or without on-device augmentation; compiled once."""
@@ -67,7 +71,18 @@ class Setup:
         return self._train_steps[augment]
 
     def fresh_state(self) -> trainer.TrainState:
-        return trainer.create_train_state(self.model, self.tx, self.config, self.mesh)
+        """The initial state, on the mesh; a new copy each call, as the train step donates it.
+
+        Initialised once and copied from the host after: each initialisation compiles anew.
+        """
+        return jax.device_put(self.initial_state, NamedSharding(self.mesh, P()))
+
+    @property
+    def initial_state(self) -> trainer.TrainState:
+        """The initial state on the host."""
+        if self._initial is None:
+            self._initial = jax.device_get(trainer.create_train_state(self.model, self.tx, self.config, self.mesh))
+        return self._initial
 
     @property
     def per_device_batch(self) -> int:
@@ -91,6 +106,59 @@ def time_train_step(setup: Setup, *, steps: int, repeats: int, augment: bool = T
                   gflops_per_image=None if flops is None else flops / setup.per_device_batch / 1e9)
     if flops is not None:
         result["tflops_per_device"] = flops / (result["ms_per_step"] / 1e3) / 1e12
+    return result
+
+
+def measure_train(setup: Setup, *, steps: int, repeats: int, without_augmentation: bool = True,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The train step's figures: FLOPs, the share of the device's matmul peak measured in the
+    same run, peak memory, and (``without_augmentation``) the step's share spent augmenting.
+
+    ``progress`` sees the figures after each measurement.
+    """
+    result: dict[str, Any] = {"devices": setup.mesh.size, "step": time_train_step(setup, steps=steps, repeats=repeats)}
+    step = result["step"]
+    if without_augmentation:
+        if progress is not None:
+            progress(result)
+        plain = time_train_step(setup, steps=steps, repeats=repeats, augment=False)
+        result.update(step_without_augmentation=plain,
+                      augmentation_share=max(0.0, 1.0 - plain["ms_per_step"] / step["ms_per_step"]))
+    # Before the matmul peak, whose square operands would otherwise set the high-water mark.
+    result["peak_memory_bytes"], result["peak_memory_kind"] = timing.peak_memory_bytes()
+    if progress is not None:
+        progress(result)
+    peak = result["matmul_peak"] = timing.matmul_peak_tflops(setup.config.dtype)
+    if "tflops_per_device" in step:
+        result["peak_share"] = step["tflops_per_device"] / peak["tflops"]
+    if progress is not None:
+        progress(result)
+    result["forward_gflops_per_image"] = forward_gflops_per_image(setup)
+    return result
+
+
+def compare_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool = True,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """fundax's train step against PyTorch's eager and (``compiled``) ``torch.compile`` step.
+
+    ``progress`` sees the figures after each measurement, so a caller that stops waiting
+    keeps those it has.
+    """
+    result: dict[str, Any] = {"devices": setup.mesh.size,
+                              "fundax": time_train_step(setup, steps=steps, repeats=repeats), "torch": []}
+    runs = [False, True] if compiled else [False]
+    for compile_it in runs:
+        if progress is not None:
+            progress(result)
+        try:
+            variant = time_torch(setup, steps=steps, repeats=repeats, compiled=compile_it)
+        except Exception as e:  # torch.compile fails on some platforms; say so, keep the eager figure
+            if not compile_it:
+                raise
+            variant = {"variant": "torch.compile", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if "images_per_s" in variant:
+            variant["fundax_ratio"] = result["fundax"]["images_per_s"] / variant["images_per_s"]
+        result["torch"].append(variant)
     return result
 
 

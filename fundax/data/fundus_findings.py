@@ -17,6 +17,12 @@ falls in is left out of the dataset (TFDS cannot write an empty one) and named i
 ``metadata["empty_splits"]``. Every rejected line is kept, with its reason, in
 ``rejects.jsonl`` beside the prepared files, in line order. Files are
 ``array_record``: read them with ``tfds.data_source`` (no TensorFlow needed).
+
+Photographs are stored in one of :data:`IMAGE_FORMATS`: ``png`` (lossless, the
+default), ``jpeg`` (quality 95: a fifth of PNG's size, about 3 times cheaper to read)
+or ``raw`` (the prepared uint8 pixels, uncompressed: lossless and the cheapest to read,
+at 3 times PNG's size); experiments/BENCHMARKS.md has the figures. A builder opened on
+a prepared dataset takes the format it was written in from its metadata.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from fundax import findings as findings_lib
 from fundax.data import annotations, images, synthetic
 
 SPLITS = ("train", "validation", "test")
+IMAGE_FORMATS = ("png", "jpeg", "raw")
+JPEG_QUALITY = 95
 VALIDATION_PERCENT = 10
 REJECTS_FILE = "rejects.jsonl"
 MANUAL_INSTRUCTIONS = """\
@@ -70,8 +78,9 @@ class PrepareOptions:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        if self.image_format not in ("png", "jpeg"):
-            raise ValueError(f"image_format must be 'png' (lossless) or 'jpeg', got {self.image_format!r}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be 'png' (lossless), 'jpeg' (quality {JPEG_QUALITY}) or 'raw' "
+                             f"(lossless, uncompressed), got {self.image_format!r}")
         if not 16 <= int(self.image_size_px) <= 4096:
             raise ValueError(f"image_size must lie in [16, 4096] px, got {self.image_size_px}")
 
@@ -160,7 +169,9 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *args: Any, options: PrepareOptions | None = None,
                  progress: Callable[[int], None] | None = None,
                  synthesis_progress: Callable[[int], None] | None = None, **kwargs: Any):
-        self.options = options or PrepareOptions()  # _info(), called by the base, reads it
+        # _info(), called by the base, reads both; without options the builder reads a prepared dataset.
+        self.options = options or PrepareOptions()
+        self._reading = options is None
         super().__init__(*args, **kwargs)
         self.rejections: list[annotations.Rejection] = []
         self.num_read = 0
@@ -171,10 +182,12 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         num_findings = len(findings_lib.FINDINGS)
+        image_format = self.options.image_format
+        if self._reading:
+            image_format = _written_image_format(pathlib.Path(self.data_path)) or image_format
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
-                # The side is in metadata["prepare"]; (None, None) lets any prepared size be read.
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.options.image_format),
+                "image": _image_feature(image_format),
                 "image_id": tfds.features.Text(),
                 "file": tfds.features.Text(),
                 "disc": tfds.features.Tensor(shape=(2,), dtype=np.float32),
@@ -254,6 +267,8 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager, download_config: Any) -> None:
         super()._download_and_prepare(dl_manager, download_config)
+        if self.options.image_format == "raw":
+            _store_uncompressed(pathlib.Path(self.data_dir))
         write_rejects(pathlib.Path(self.data_dir) / REJECTS_FILE, self.rejections)
         self.info.metadata["empty_splits"] = self.empty_splits
         self.info.metadata["num_read"] = self.num_read
@@ -263,6 +278,50 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
             split: label_counts(np.array(votes, np.int32).reshape(-1, len(findings_lib.FINDINGS)))
             for split, votes in self._split_votes.items()
         }
+
+
+def _image_feature(image_format: str) -> tfds.features.FeatureConnector:
+    # The side is in metadata["prepare"]; (None, None) lets any prepared size be read.
+    if image_format == "raw":
+        return tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="bytes")
+    return tfds.features.Image(shape=(None, None, 3), encoding_format=image_format)
+
+
+def _written_image_format(dataset_dir: pathlib.Path) -> str | None:
+    """The image format a prepared dataset was written in, None when there is none yet.
+
+    The features of a record depend on it (raw pixels are a tensor, not an image), so a
+    reader must know it before it parses the first record.
+    """
+    try:
+        metadata = json.loads((dataset_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ((metadata or {}).get("prepare") or {}).get("image_format")
+
+
+def _store_uncompressed(dataset_dir: pathlib.Path) -> None:
+    """Rewrite the record files of ``dataset_dir`` without compression, record for record.
+
+    TFDS writes array_record with zstd. Raw pixels are there to spare the reader work,
+    and inflating a zstd'd 512 px photograph costs about as much CPU as decoding a JPEG
+    one; stored as they are, a record is read at memory speed. Readers find the
+    compression in each chunk's header, so nothing else changes.
+    """
+    from array_record.python import array_record_module
+
+    for path in sorted(dataset_dir.glob("*.array_record-*")):
+        partial = path.with_name(path.name + ".uncompressed")
+        reader = array_record_module.ArrayRecordReader(os.fspath(path))
+        writer = array_record_module.ArrayRecordWriter(os.fspath(partial), "group_size:1,uncompressed")
+        try:
+            for start in range(0, reader.num_records(), 64):
+                for record in reader.read(range(start, min(start + 64, reader.num_records()))):
+                    writer.write(record)
+        finally:
+            writer.close()
+            reader.close()
+        os.replace(partial, path)
 
 
 def label_counts(votes: np.ndarray, min_votes: int = 2) -> dict[str, dict[str, int]]:
@@ -320,12 +379,8 @@ def _prepare_record(
         return _Outcome(rejection=annotations.Rejection(
             source=os.fspath(manual_dir / "annotations.jsonl"),
             line_number=record.line_number, reason=str(e), text=record.line))
-    ext = ".png" if options.image_format == "png" else ".jpg"
-    ok, encoded = cv2.imencode(ext, image[:, :, ::-1])
-    if not ok:  # cv2 cannot encode a well-formed uint8 image only if it is out of memory
-        raise PrepareError(f"could not encode {record.image_id}")
     return _Outcome(example={
-        "image": encoded.tobytes(),
+        "image": _encoded(image, options.image_format, record.image_id),
         "image_id": record.image_id,
         "file": record.file,
         "disc": np.asarray(disc, np.float32),
@@ -337,6 +392,17 @@ def _prepare_record(
         "lesion_known": np.uint8(lesion_known),
         "line": record.line,
     })
+
+
+def _encoded(image: np.ndarray, image_format: str, image_id: str) -> bytes | np.ndarray:
+    """The photograph as its record stores it: PNG or JPEG bytes, or the RGB pixels themselves."""
+    if image_format == "raw":
+        return np.ascontiguousarray(image, np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpeg" else []
+    ok, encoded = cv2.imencode(".png" if image_format == "png" else ".jpg", image[:, :, ::-1], params)
+    if not ok:  # cv2 cannot encode a well-formed uint8 image only if it is out of memory
+        raise PrepareError(f"could not encode {image_id}")
+    return encoded.tobytes()
 
 
 def _png(image: np.ndarray, image_id: str) -> bytes:

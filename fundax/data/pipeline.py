@@ -35,7 +35,11 @@ _EMPTY_BECAUSE = {
 def open_split(dataset: str, data_dir: str | pathlib.Path, split: str, decode_images: bool = True) -> Any:
     """The random-access source of one prepared split (``tfds.data_source``).
 
-    With ``decode_images=False`` the photographs stay encoded bytes: a cheap pass over labels.
+    With ``decode_images=True``, the model's input, the photographs are decoded and the
+    lesion masks stay encoded bytes: only evaluation's localisation reads the masks, and
+    inflating a 512 px mask costs more CPU than decoding a JPEG photograph. With
+    ``decode_images=False`` the photographs stay encoded and the masks are decoded: a
+    cheap pass over labels and masks.
     """
     import tensorflow_datasets as tfds
 
@@ -55,7 +59,7 @@ def open_split(dataset: str, data_dir: str | pathlib.Path, split: str, decode_im
     if split not in builder.info.splits:
         raise DatasetError(
             f"dataset {dataset!r} in {data_dir} has no split {split!r}; it has {sorted(builder.info.splits)}")
-    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    decoders = {"lesion_bits" if decode_images else "image": tfds.decode.SkipDecoding()}
     return builder.as_data_source(split=split, decoders=decoders)
 
 
@@ -169,23 +173,30 @@ def eval_batches(
     global_batch: int,
     process_index: int = 0,
     process_count: int = 1,
+    threads: int = 8,
+    prefetch_batches: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of a split once, in order, padded to whole global batches.
 
     Padding repeats record 0 with weight 0 and ``record_index`` −1, so it never
-    counts; ``record_index`` maps each result back to its record.
+    counts; ``record_index`` maps each result back to its record. ``threads`` read and
+    decode ahead, as in :func:`train_dataset`; the batches are the same for any number.
     """
     local_batch = global_batch // process_count
     num_batches = -(-len(source) // global_batch)
-    for g in range(num_batches):
-        start = g * global_batch + process_index * local_batch
-        rows = []
-        for position in range(start, start + local_batch):
-            real = position < len(source)
-            row = example(source[position if real else 0], weight_scale=1.0 if real else 0.0)
-            row["record_index"] = np.int32(position if real else -1)
-            rows.append(row)
-        yield {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    if num_batches == 0:
+        return iter(())
+
+    def row(k: int) -> dict[str, np.ndarray]:
+        position = _local_position(k, global_batch, process_index, process_count)
+        real = position < len(source)
+        out = example(source[position if real else 0], weight_scale=1.0 if real else 0.0)
+        out["record_index"] = np.int32(position if real else -1)
+        return out
+
+    rows = grain.MapDataset.range(num_batches * local_batch).map(row)
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(1, prefetch_batches) * local_batch)
+    return iter(rows.to_iter_dataset(read).batch(local_batch))
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
