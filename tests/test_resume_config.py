@@ -82,10 +82,14 @@ def test_a_damaged_config_json_is_named(tmp_path):
     assert loop.saved_config(tmp_path / "absent") is None
 
 
-def _run(data_dir, workdir, steps, allow=False, **overrides):
-    config = fakes.tiny_config(data_dir=str(data_dir), checkpoint_every_steps=2, num_train_steps=steps,
-                               eval_every_steps=2, **overrides)
-    return loop.train_and_evaluate(config, workdir, data_dir, show_progress=False, allow_config_change=allow)
+def _tiny(data_dir, steps, guidance_weight=1.0):
+    return fakes.tiny_config(data_dir=str(data_dir), checkpoint_every_steps=2, num_train_steps=steps,
+                             eval_every_steps=2, guidance_weight=guidance_weight)
+
+
+def _run(data_dir, workdir, steps, allow=False, guidance_weight=1.0):
+    return loop.train_and_evaluate(_tiny(data_dir, steps, guidance_weight), workdir, data_dir, show_progress=False,
+                                   allow_config_change=allow)
 
 
 def test_resume_unguided_is_refused_then_recorded_when_allowed(tiny_dataset, tmp_path):
@@ -100,7 +104,8 @@ def test_resume_unguided_is_refused_then_recorded_when_allowed(tiny_dataset, tmp
     assert _run(data_dir, tmp_path, 4, allow=True, guidance_weight=0.0)["step"] == 4
     record = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
     assert [(r["step"], r["changes"]) for r in record] == [(2, {"guidance_weight": [1.0, 0.0]})]
-    assert json.loads((tmp_path / "config.json").read_text())["guidance_weight"] == 0.0
+    # config.json now says what the run is from here on, so the next resume compares with it.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["guidance_weight"] == 0.0 and configs.resume_changes(saved, _tiny(data_dir, 6, 0.0)) == {}
     notes = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(n["step"], n["split"]) for n in notes if n["split"] == "config_change"] == [(2, "config_change")]
-    assert _run(data_dir, tmp_path, 6, guidance_weight=0.0)["step"] == 6  # the recorded config resumes freely

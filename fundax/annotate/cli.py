@@ -151,10 +151,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
-        # uvicorn has finished the requests under way and raises the Ctrl-C again once it has stopped.
-        read = store.count_read(session.store.snapshot(), session.image_ids, session.grader)
-        print(f"fundax annotate: stopped; {session.grader} has read {read} of {len(session.photos)} photographs",
-              flush=True)
+        # uvicorn finishes the requests under way, then may raise the Ctrl-C again (depending on
+        # when the signal lands); either way the server has stopped.
+        pass
+    read = store.count_read(session.store.snapshot(), session.image_ids, session.grader)
+    print(f"fundax annotate: stopped; {session.grader} has read {read} of {len(session.photos)} photographs",
+          flush=True)
     return 0
 
 
