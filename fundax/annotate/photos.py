@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable
 
 import cv2
-from PIL import Image
 
 from fundax.data import images as images_lib
 
@@ -32,26 +31,14 @@ _decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 def size(path: pathlib.Path) -> tuple[int, int]:
     """(width, height) from the header; ImageError naming ``path`` if ``fundax.prepare`` would refuse it."""
-    try:
-        with Image.open(path) as im:
-            # The preparation's own header checks, so the tool refuses what preparing would.
-            images_lib.check_header(im, path, images_lib.DEFAULT_MAX_PIXELS, min_side_px=images_lib.MIN_SIDE_PX)
-            return im.size
-    except images_lib.ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise images_lib.ImageError(f"{path}: too many pixels ({e})") from None
-    except Image.UnidentifiedImageError:
-        raise images_lib.ImageError(f"{path}: not an image in a known format; want JPEG, PNG or TIFF") from None
-    # Decoders of untrusted files fail in many ways; each means the file is unusable.
-    except Exception as e:
-        raise images_lib.ImageError(f"{path}: not a readable image ({e})") from None
+    # The preparation's own checks, so the tool refuses what preparing would.
+    return images_lib.image_size(path, images_lib.DEFAULT_MAX_PIXELS, min_side_px=images_lib.MIN_SIDE_PX)
 
 
 def browser_jpeg(path: pathlib.Path) -> bytes:
     """The photograph as fundax decodes it, as a JPEG; ImageError naming ``path`` if it cannot be."""
-    size(path)
-    rgb = images_lib.load_image(path, max_pixels=images_lib.DEFAULT_MAX_PIXELS)
+    size(path)  # refused from the header, before any decoder is reached
+    rgb = images_lib.load_image(path, images_lib.DEFAULT_MAX_PIXELS, min_side_px=images_lib.MIN_SIDE_PX)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95]
     if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]  # keep colour detail

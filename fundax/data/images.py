@@ -28,6 +28,7 @@ Choices callers rely on:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import os
@@ -89,13 +90,9 @@ def check_header(im: Image.Image, path: pathlib.Path, max_pixels: int, modes: tu
         raise ImageError(f"{path}: pixel mode {im.mode} is not supported; want 8-bit RGB or grayscale")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-               modes: tuple[str, ...] = _MODES, min_side_px: int = 1) -> np.ndarray:
-    """The photograph at ``path`` as uint8 (H, W, 3) RGB; ImageError naming the file if unusable.
-
-    ``max_pixels`` and ``min_side_px`` bound its size, checked before it is decoded.
-    """
-    path = pathlib.Path(path)
+@contextlib.contextmanager
+def _opened(path: pathlib.Path, max_pixels: int, modes: tuple[str, ...], min_side_px: int) -> Iterator[Image.Image]:
+    """The image at ``path`` opened and its header checked, not yet decoded; ImageError naming the file."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -120,12 +117,30 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"{path}: corrupt image header ({type(e).__name__}: {e})") from None
         with im:
             check_header(im, path, max_pixels, modes, min_side_px)
-            try:
-                im.load()
-            except Exception as e:
-                raise ImageError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            return np.array(rgb, dtype=np.uint8)
+            yield im
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               modes: tuple[str, ...] = _MODES, min_side_px: int = 1) -> tuple[int, int]:
+    """(width, height) of the photograph at ``path`` from its header, checked as :func:`load_image` checks it."""
+    with _opened(pathlib.Path(path), max_pixels, modes, min_side_px) as im:
+        return im.size
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               modes: tuple[str, ...] = _MODES, min_side_px: int = 1) -> np.ndarray:
+    """The photograph at ``path`` as uint8 (H, W, 3) RGB; ImageError naming the file if unusable.
+
+    ``max_pixels`` and ``min_side_px`` bound its size, checked before it is decoded.
+    """
+    path = pathlib.Path(path)
+    with _opened(path, max_pixels, modes, min_side_px) as im:
+        try:
+            im.load()
+        except Exception as e:
+            raise ImageError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        return np.array(rgb, dtype=np.uint8)
 
 
 def check_inside(

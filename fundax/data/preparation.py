@@ -9,6 +9,7 @@ import pathlib
 import shutil
 from typing import Any
 
+from fundax import configs
 from fundax import findings as findings_lib
 from fundax.data import fundus_findings, images, synthetic
 
@@ -66,16 +67,6 @@ def _check_writable(data_dir: pathlib.Path) -> None:
 _UNRECORDED = object()
 
 
-def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _shown(value: Any) -> str:
     return "(not recorded)" if value is _UNRECORDED else repr(value)
 
@@ -83,7 +74,7 @@ def _shown(value: Any) -> str:
 def _changes(existing: dict[str, Any], params: dict[str, Any], inputs: dict[str, Any],
              source_dir: str | None) -> list[str]:
     """How a prepared dataset's parameters and inputs differ from those wanted now, one phrase each."""
-    before, now = _flat(existing.get("prepare") or {}), _flat(params)
+    before, now = configs.flatten(existing.get("prepare") or {}), configs.flatten(params)
     keys = [*now, *(key for key in before if key not in now)]
     differing = [key for key in keys if before.get(key, _UNRECORDED) != now.get(key, _UNRECORDED)]
     changes = []
