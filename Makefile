@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fundax.regions --demo $(DEMO_DIR)/regions.png
+	$(PY) -m fundax.regions_figure --demo $(DEMO_DIR)/regions.png
 	$(PY) -m fundax.train --finding=macular_hole --workdir=$(DEMO_DIR)/macular_hole \
 	  --data_dir=$(DEMO_DIR)/data --config=experiments/configs/cpu_demo.py
 	$(PY) -m fundax.evaluate --workdir=$(DEMO_DIR)/macular_hole --split=validation

@@ -289,7 +289,9 @@ def part_training(part: Part, cap_s: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "fundax.train", f"--finding={FINDING}", f"--workdir={workdir}",
                f"--data_dir={data_dir}", f"--config={ROOT / 'experiments' / 'configs' / 'paper.py'}",
                *(f"--config.{k}={v}" for k, v in overrides.items())]
-    metrics = workdir / "metrics.jsonl"
+    from fundax import workdir as workdirs
+
+    metrics = workdirs.Workdir(workdir).metrics_log
     seen: dict[int, float] = {}  # step: when its train line appeared
     start = time.perf_counter()
     with open(part.out / "training.log", "w") as log:

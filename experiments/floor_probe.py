@@ -23,6 +23,9 @@ from ml_collections import config_flags  # noqa: F401  (the config files import 
 
 from fundax import trainer
 from fundax.data import pipeline
+from fundax import models
+from fundax import optimizer
+from fundax import parallel
 
 
 def main() -> None:
@@ -44,8 +47,8 @@ def main() -> None:
     if args.paper:
         config.warmup_steps = config.guidance_delay_steps = config.guidance_ramp_steps = 0
         config.guidance_start_bce = 0.0
-    mesh = trainer.make_mesh(jax.local_devices()[:1])
-    model, tx = trainer.create_model(config), trainer.make_optimizer(config)
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    model, tx = models.create_model(config), optimizer.make_optimizer(config)
     state = trainer.create_train_state(model, tx, config, mesh)
     step_fn = trainer.make_train_step(model, tx, config, mesh)
     example = pipeline.FindingExample(config.finding, config.min_votes)
@@ -54,7 +57,7 @@ def main() -> None:
                                                             decode_images=False), example)
     data = iter(pipeline.train_dataset(source, example, global_batch=config.batch_size, seed=config.seed,
                                        threads=2, indices=scored))
-    sharding = NamedSharding(mesh, P(trainer.AXIS))
+    sharding = NamedSharding(mesh, P(parallel.AXIS))
     apply = jax.jit(lambda s, x: model.clone(axis_name=None).apply(
         {"params": s.params, "batch_stats": s.batch_stats}, x, train=False)["logit_map"])
     floor = math.log(config.epsilon / (1 - config.epsilon))

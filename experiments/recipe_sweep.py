@@ -20,6 +20,8 @@ import pathlib
 import subprocess
 import sys
 
+from fundax import workdir as workdirs
+
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.partition(":")
@@ -35,7 +37,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
-    path = workdir / "metrics.jsonl"
+    path = workdirs.Workdir(workdir).metrics_log
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -81,7 +83,7 @@ def main() -> int:
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             test = None
             if args.test:
-                out = workdir / "eval" / "test_metrics.json"
+                out = workdirs.Workdir(workdir).eval_file("test", "metrics")
                 if not out.exists():
                     subprocess.run([sys.executable, "-m", "fundax.evaluate", f"--workdir={workdir}", "--split=test"],
                                    check=True, stdout=subprocess.DEVNULL)

@@ -20,13 +20,14 @@ import pathlib
 import statistics
 
 from fundax import evaluation
+from fundax import workdir as workdirs
 
 RULES = {"val_loss": min, "val_bce": min, "val_auroc": max}
 
 
 def validation_entries(workdir: pathlib.Path, config) -> dict[int, dict]:
     """The run's validation entries after its guidance ramp (it started where metrics.jsonl says)."""
-    entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in workdirs.Workdir(workdir).metrics_log.read_text().splitlines() if line.strip()]
     starts = [e["step"] for e in entries if e["split"] == "guidance"]
     start = starts[0] if starts else config.guidance_delay_steps  # no note: no gate, the ramp began there
     ramp_steps = config.guidance_ramp_steps
@@ -46,7 +47,7 @@ def tested(workdir: pathlib.Path, step: int, split: str) -> dict:
 def study(workdirs: list[pathlib.Path], split: str) -> tuple[list[dict], str]:
     rows = []
     for workdir in workdirs:
-        config = evaluation.load_config(workdir)
+        config = workdirs.load_config(workdir)
         entries = validation_entries(workdir, config)
         if not entries:
             continue

@@ -22,9 +22,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from sklearn.metrics import roc_auc_score
 
-from fundax import evaluation, trainer
 from fundax.data import pipeline
 from fundax.regions import region_mask
+from fundax import models
+from fundax import parallel
+from fundax import workdir as workdirs
 
 
 def stamps(config, split: str) -> np.ndarray:
@@ -35,10 +37,10 @@ def stamps(config, split: str) -> np.ndarray:
 
 
 def probe(workdir: str, split: str, which: str) -> dict:
-    config = evaluation.load_config(workdir)
-    mesh = trainer.make_mesh(jax.local_devices()[:1])
-    state, step = evaluation.restore_state(config, workdir, which, mesh)
-    model = trainer.create_model(config).clone(axis_name=None)
+    config = workdirs.load_config(workdir)
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    state, step = workdirs.restore_state(config, workdir, which, mesh)
+    model = models.create_model(config).clone(axis_name=None)
     apply = jax.jit(lambda x: model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False))
     source = pipeline.open_split(config.dataset, config.data_dir, split)
     example = pipeline.FindingExample(config.finding, config.min_votes)

@@ -11,7 +11,7 @@ in ``WORKDIR/table1.log``. The variants are the paper's three columns: ``guided`
 (the guided CNN, lambda = 1), ``unguided`` (lambda = 0) and ``inception_v3`` (BCE alone).
 A run whose evaluation exists is skipped, and an interrupted one resumes from its
 checkpoint, so the same command continues a grid; ``--dry-run`` prints the plan and
-which runs are done. At the end the Table 1 report (``fundax.report``) over every
+which runs are done. At the end the Table 1 report (``fundax.reporting``) over every
 evaluated run goes to ``ROOT/table1.md``, ``table1.csv`` and ``delong.csv``: mean ± sd
 over seeds, and per seed the paired DeLong test of guided against unguided and
 against Inception-v3 on the same test photographs.
@@ -21,11 +21,14 @@ the variant's model and lambda, ``--set-<variant>``, the seed. ``{finding}`` in
 ``--data_dir`` and in override values becomes the run's finding, e.g. one synthetic set
 per finding with its own shortcut: ``--data_dir='DATA/{finding}'
 --set='synthetic.shortcut_finding={finding}'``.
+
+Exit status as :mod:`fundax.cli` has it: 2 for flags that do not describe a grid (one
+line naming the flag and what is wrong), 1 for a run or the report that failed, 130 or
+143 when a run was stopped by Ctrl-C or SIGTERM (it saved a checkpoint first).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,9 +38,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
-from fundax import findings, report
+from absl import flags
+
+from fundax import cli, findings, reporting
 from fundax.configs import DEFAULT_CONFIG_FILE
+from fundax import workdir as workdirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,7 +97,7 @@ class PlannedRun:
 
     def status(self) -> str:
         """``done`` (evaluated), ``resume`` (checkpoints, no evaluation) or ``train``."""
-        if (self.workdir / "eval" / f"{self.split}_metrics.json").exists():
+        if workdirs.Workdir(self.workdir).eval_file(self.split, "metrics").exists():
             return "done"
         checkpoints = self.workdir / "checkpoints"
         return "resume" if checkpoints.is_dir() and any(checkpoints.iterdir()) else "train"
@@ -128,26 +135,42 @@ def _overrides(pairs: list[str], flag: str, reserved: dict[str, str]) -> dict[st
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="experiments/table1.py", description=__doc__.split("\n")[0])
-    p.add_argument("--root", required=True, help="Where the runs and the report go.")
-    p.add_argument("--data_dir", default=os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
-                   help="Prepared datasets, as for fundax.train; {finding} is replaced by the run's finding.")
-    p.add_argument("--config", default=DEFAULT_CONFIG_FILE, help="The config file of every run.")
-    p.add_argument("--findings", default=",".join(findings.PAPER_FINDINGS), help="Comma-separated findings.")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated, of: " + ", ".join(VARIANTS))
-    p.add_argument("--seeds", default="0", help="Comma-separated config seeds (initialisation, data order).")
-    p.add_argument("--split", default="test", help="The split evaluated and reported.")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A config override, all runs.")
-    for variant in VARIANTS:
-        p.add_argument(f"--set-{variant}", dest=f"set_{variant}", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"A config override for the {variant} runs.")
-    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                   help="Print the plan and which runs are done; train nothing.")
-    return p
+PROGRAM = "python experiments/table1.py"
+
+FLAGS = flags.FlagValues()
+"""The grid's flags, a set of their own: absl's global one holds other commands' ``--config`` and ``--split``."""
+
+flags.DEFINE_string("root", None, "Where the runs and the report go.", required=True, flag_values=FLAGS)
+flags.DEFINE_string("data_dir", os.environ.get("FUNDAX_DATA_DIR", os.path.expanduser("~/fundax_data")),
+                    "Prepared datasets, as for fundax.train; {finding} is replaced by the run's finding.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("config", DEFAULT_CONFIG_FILE, "The config file of every run.", flag_values=FLAGS)
+flags.DEFINE_string("findings", ",".join(findings.PAPER_FINDINGS), "Comma-separated findings.", flag_values=FLAGS)
+flags.DEFINE_string("variants", ",".join(VARIANTS), "Comma-separated, of: " + ", ".join(VARIANTS) + ".",
+                    flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0", "Comma-separated config seeds (initialisation, data order).", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "The split evaluated and reported.", flag_values=FLAGS)
+flags.DEFINE_multi_string("set", [], "A config override KEY=VALUE, all runs.", flag_values=FLAGS)
+for _variant in VARIANTS:
+    flags.DEFINE_multi_string(f"set-{_variant}", [], f"A config override KEY=VALUE for the {_variant} runs.",
+                              flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "Print the plan and which runs are done; train nothing.", flag_values=FLAGS)
+flags.DEFINE_alias("dry-run", "dry_run", flag_values=FLAGS)
 
 
-def plan(args: argparse.Namespace) -> list[PlannedRun]:
+def parse_args(args: Sequence[str]) -> flags.FlagValues:
+    """:data:`FLAGS` parsed from ``args`` (no program name), from their defaults; a usage error exits 2.
+
+    Positional arguments are a usage error too: the grid takes flags only.
+    """
+    FLAGS.unparse_flags()
+    rest = cli.parse_flags([PROGRAM, *args], FLAGS, __doc__, PROGRAM)
+    if len(rest) > 1:
+        cli.usage_exit(f"unexpected arguments: {' '.join(rest[1:])}", PROGRAM)
+    return FLAGS
+
+
+def plan(args: flags.FlagValues) -> list[PlannedRun]:
     """Every run of the grid in the order they are trained: per finding, per seed, the variants.
 
     A grid cut short thus leaves whole comparisons (every variant of a seed) rather than
@@ -162,7 +185,7 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
     variants = _names(args.variants, "variants", tuple(VARIANTS))
     seeds = _seeds(args.seeds)
     common = _overrides(args.set, "--set", _RESERVED | {"guidance_weight": "it is the variant's; use --set-VARIANT"})
-    per_variant = {v: _overrides(getattr(args, f"set_{v}"), f"--set-{v}", _RESERVED) for v in VARIANTS}
+    per_variant = {v: _overrides(args[f"set-{v}"].value, f"--set-{v}", _RESERVED) for v in VARIANTS}
     root = pathlib.Path(args.root).expanduser().resolve()
     runs = []
     for finding in names:
@@ -243,31 +266,31 @@ class RunFailed(RuntimeError):
 
 def write_report(runs: list[PlannedRun], root: pathlib.Path, split: str) -> str:
     """Table 1 over the evaluated runs and the DeLong tests per finding and seed, into ``root``."""
-    done = {(r.finding, r.variant, r.seed): report.load_run(r.workdir, split) for r in runs if r.status() == "done"}
-    rows = report.table1(list(done.values()))
+    done = {(r.finding, r.variant, r.seed): reporting.load_run(r.workdir, split) for r in runs if r.status() == "done"}
+    rows = reporting.table1(list(done.values()))
     pairs = []
     for finding, variant, seed in done:
         for a, b in COMPARISONS:
             if variant == a and (finding, b, seed) in done:
-                for pair in report.delong_pairs([done[finding, a, seed], done[finding, b, seed]], split):
+                for pair in reporting.delong_pairs([done[finding, a, seed], done[finding, b, seed]], split):
                     pairs.append({"seed": seed, **pair})
     root.mkdir(parents=True, exist_ok=True)
-    report.write_csv(root / "table1.csv", rows)
-    report.write_csv(root / "delong.csv", pairs)
+    reporting.write_csv(root / "table1.csv", rows)
+    reporting.write_csv(root / "delong.csv", pairs)
 
     def num(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [f"# Table 1 on the {split} split: {len(done)} of {len(runs)} runs evaluated", "",
              "Mean ± sd over seeds where there are several; the best of each row and column group in bold.", "",
-             report.table1_markdown(rows) if rows else "(no evaluated runs yet)\n",
+             reporting.table1_markdown(rows) if rows else "(no evaluated runs yet)\n",
              "## Paired DeLong tests, per seed, on the photographs both runs scored", "",
              "| Finding | Seed | A | B | Photographs | AUROC A | AUROC B | z | p |", "|---|---|---|---|---|---|---|---|---|"]
     for p in pairs:
         lines.append(f"| {findings.get_finding(p['finding']).display_name} | {p['seed']} | {p['model_a']} | "
                      f"{p['model_b']} | {p['n_examples']} | {num(p['auroc_a'], '.4f')} | {num(p['auroc_b'], '.4f')} | "
                      f"{num(p['z'], '.2f')} | {num(p['p_value'], '.3g')} |")
-    localisation = report.table1_markdown(rows, report.LOCALISATION_COLUMNS) if rows else ""
+    localisation = reporting.table1_markdown(rows, reporting.LOCALISATION_COLUMNS) if rows else ""
     if localisation:
         lines += ["", "## On the lesion itself (photographs with lesion masks)", "",
                   "Pointing game: the share of true positives whose activation map peaks on a cell holding lesion "
@@ -291,21 +314,21 @@ def write_report(runs: list[PlannedRun], root: pathlib.Path, split: str) -> str:
 
 def stall_steps(workdir: pathlib.Path) -> list[int]:
     """The validation steps at which the run's stall detector found it stuck, from its metrics.jsonl."""
-    path = workdir / "metrics.jsonl"
+    path = workdirs.Workdir(workdir).metrics_log
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     return [e["step"] for e in entries if e.get("split") == "validation" and e.get("stalled")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def command(argv: list[str]) -> int:
+    """The grid once :data:`FLAGS` are parsed: plan it, train and evaluate what is not done, report."""
+    cli.no_arguments(argv)
     try:
-        runs = plan(args)
+        runs = plan(FLAGS)
     except (PlanError, findings.UnknownFindingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    root = pathlib.Path(args.root).expanduser().resolve()
+        raise cli.UsageError(str(e)) from None
+    root = pathlib.Path(FLAGS.root).expanduser().resolve()
     print(describe(runs, root), flush=True)
-    if args.dry_run:
+    if FLAGS.dry_run:
         return 0
     started = time.perf_counter()
     todo = [r for r in runs if r.status() != "done"]
@@ -317,19 +340,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nerror: {e}", file=sys.stderr)
             if e.returncode in (130, 143):  # a stop signal: the run saved a checkpoint
                 print("stopped; run the same command again to continue the grid", file=sys.stderr)
+                return e.returncode
             return 1
         print(f"trained in {timing['train_s']:.0f} s, evaluated in {timing['evaluate_s']:.0f} s "
               f"({timing['train_cpu_s'] + timing['evaluate_cpu_s']:.0f} CPU s)", flush=True)
     if todo:
         print(f"{len(todo)} runs in {time.perf_counter() - started:.0f} s")
     try:
-        print(write_report(runs, root, args.split))
+        print(write_report(runs, root, FLAGS.split))
     except (ValueError, OSError) as e:  # e.g. two runs that disagree on the labels of one photograph
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli.one_line(str(e))}", file=sys.stderr)
         return 1
     print(f"wrote {root}/table1.md, table1.csv, delong.csv")
     return 0
 
 
+def main(args: Sequence[str] | None = None) -> int:
+    """The grid as ``python experiments/table1.py ARGS`` runs it, in this process (default: ``sys.argv[1:]``).
+
+    The flags start from their defaults at each call. A usage error prints its line and
+    raises ``SystemExit(2)``; ``--help`` prints the help and raises ``SystemExit(0)``;
+    otherwise the exit status is returned.
+    """
+    parse_args(sys.argv[1:] if args is None else args)
+    try:
+        return command([PROGRAM])
+    except cli.UsageError as e:
+        cli.usage_exit(str(e), PROGRAM)
+        raise  # unreachable: usage_exit exits
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(command, flag_values=FLAGS, usage=__doc__)

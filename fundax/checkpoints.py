@@ -1,4 +1,5 @@
-"""Orbax checkpoints under ``WORKDIR/checkpoints``: train state, data iterator and loop state together.
+"""Orbax checkpoints of a run (``WORKDIR/checkpoints``, see :mod:`fundax.workdir`): train state, data
+iterator and loop state together.
 
 The latest ``keep`` checkpoints are kept for resuming, and besides them the best
 by the run's ``selection_metric``: the lowest total validation loss (the paper's
@@ -19,7 +20,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 SELECTION_METRICS = {"val_loss": "min", "val_bce": "min", "val_auroc": "max"}
 """The validation numbers a run can select its best checkpoint by, and which way is better."""
-DAMAGED_DIR = "damaged_checkpoints"
 
 log = logging.getLogger("fundax")
 
@@ -37,12 +37,16 @@ class CheckpointWriteError(RuntimeError):
 
 
 class Checkpoints:
-    """One workdir's checkpoints; saves are asynchronous, so call :meth:`close` before exit."""
+    """The checkpoints in ``directory``; saves are asynchronous, so call :meth:`close` before exit.
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False,
-                 selection_metric: str = "val_loss"):
-        self.workdir = pathlib.Path(workdir).absolute()
-        self.directory = self.workdir / "checkpoints"
+    A checkpoint that fails to restore is moved into ``damaged_dir`` (:meth:`restore_latest_intact`).
+    Make one with :meth:`fundax.workdir.Workdir.checkpoints`.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3, read_only: bool = False,
+                 selection_metric: str = "val_loss", damaged_dir: str | pathlib.Path | None = None):
+        self.directory = pathlib.Path(directory).absolute()
+        self.damaged_dir = pathlib.Path(damaged_dir).absolute() if damaged_dir is not None else None
         if selection_metric not in SELECTION_METRICS:
             raise ValueError(f"selection_metric must be one of {', '.join(map(repr, SELECTION_METRICS))}, "
                              f"got {selection_metric!r}")
@@ -145,7 +149,7 @@ class Checkpoints:
         """The newest checkpoint that restores whole: state, loop state and step.
 
         A damaged newer one (files missing or truncated) is reported and moved to
-        ``WORKDIR/damaged_checkpoints``, so the resumed run can save that step again.
+        ``damaged_dir``, so the resumed run can save that step again.
         None when there are no checkpoints; :class:`NoIntactCheckpointError` when
         there are some but none restores — the run is never silently restarted.
         ``check`` sees each loop state before its arrays are read, and may refuse
@@ -171,8 +175,11 @@ class Checkpoints:
                         "another --workdir") from None
                 damaged.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue
+            if damaged and self.damaged_dir is None:
+                raise ValueError(f"checkpoints {[s for s, _ in damaged]} in {self.directory} are damaged, and no "
+                                 "damaged_dir was given to move them to")
             for bad, why in damaged:
-                target = self.workdir / DAMAGED_DIR / str(bad)
+                target = self.damaged_dir / str(bad)
                 if target.exists():
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Evaluating a saved checkpoint: every example of a split through the jitted eval step.
 
-Writes, under ``WORKDIR/eval``: ``<split>_metrics.json`` (AUROC with its bootstrap
+Writes, into the workdir's evaluation folder (:mod:`fundax.workdir`): ``<split>_metrics.json`` (AUROC with its bootstrap
 95% interval, the operating point maximising the harmonic mean of sensitivity and
 specificity, AIR on true positives and false negatives, counts),
 ``<split>_examples.csv`` (one row per example, excluded ones included, every number at full precision),
@@ -19,10 +19,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, findings, metrics, pictures, trainer
+from fundax import findings, metrics, models, parallel, pictures, trainer
+from fundax import workdir as workdirs
 from fundax.data import pipeline
 
 
@@ -30,45 +32,16 @@ class EvaluationError(ValueError):
     """A workdir, checkpoint or split that cannot be evaluated."""
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The resolved config a training run saved in its workdir.
-
-    Keys that fundax added after the run was trained take their defaults, which
-    reproduce what the run did.
-    """
-    from fundax.configs import default
-
-    path = pathlib.Path(workdir) / "config.json"
-    if not pathlib.Path(workdir).is_dir():
-        raise EvaluationError(f"workdir {workdir} does not exist")
-    if not path.exists():
-        raise EvaluationError(f"{workdir} is not a fundax workdir: it has no config.json")
-    saved = json.loads(path.read_text())
-
-    def merged(defaults: dict, values: dict) -> dict:
-        return {**defaults, **{k: merged(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict)
-                               else v for k, v in values.items()}}
-
-    return ml_collections.ConfigDict(merged(default.get_config().to_dict(), saved))
-
-
-def resolve_step(ckpts: checkpoints.Checkpoints, which: str) -> int:
-    """``best``, ``latest`` or a step number, checked against the saved steps."""
-    steps = sorted(ckpts.all_steps())
-    if not steps:
-        raise EvaluationError(f"no checkpoints in {ckpts.directory}")
-    if which == "latest":
-        return steps[-1]
-    if which == "best":
-        best = ckpts.best_step()
-        if best is None:
-            raise EvaluationError(f"no checkpoint in {ckpts.directory} has a validation {ckpts.selection_metric}; "
-                                  f"use --checkpoint=latest or one of {steps}")
-        return best
-    if not which.isdigit() or int(which) not in steps:
-        raise EvaluationError(f"no checkpoint {which!r} in {ckpts.directory}; it has steps {steps} "
-                              "(or use best or latest)")
-    return int(which)
+def gather_eval(eval_step, state: trainer.TrainState, batches, sharding: NamedSharding) -> dict[str, np.ndarray]:
+    """Run the eval step over batches and bring every real example's outputs to the host."""
+    chunks = []
+    for batch in batches:
+        out = eval_step(state, pipeline.to_global(batch, sharding))
+        out = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), out)
+        chunks.append(out)
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    keep = merged["record_index"] >= 0
+    return {k: v[keep] for k, v in merged.items()}
 
 
 def image_ids(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> list[str]:
@@ -80,43 +53,29 @@ def image_ids(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, s
     return [source[i]["image_id"].decode() for i in range(len(source))]
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, which: str,
-                  mesh: jax.sharding.Mesh) -> tuple[trainer.TrainState, int]:
-    """The train state of one saved checkpoint, laid out over ``mesh``."""
-    ckpts = checkpoints.Checkpoints(workdir, read_only=True, selection_metric=config.selection_metric)
-    try:
-        step = resolve_step(ckpts, which)
-        checkpoints.check_compatible(ckpts.restore_loop(step), config.finding, config.model, workdir)
-        model, tx = trainer.create_model(config), trainer.make_optimizer(config)
-        state, _ = ckpts.restore(step, trainer.abstract_train_state(model, tx, config, mesh))
-    finally:
-        ckpts.close()
-    return state, step
-
-
 def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "best",
              data_dir: str | pathlib.Path | None = None, batch_size: int | None = None,
              out_dir: str | pathlib.Path | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint on one split; writes the files above (into ``out_dir``, default
-    ``WORKDIR/eval``) and returns the metrics."""
-    workdir = pathlib.Path(workdir)
-    config = load_config(workdir)
+    the workdir's evaluation folder) and returns the metrics."""
+    workdir = workdirs.Workdir(workdir)
+    config = workdirs.load_config(workdir)
     data_dir = data_dir or config.get("data_dir")
     if not data_dir:
         raise EvaluationError("the run's config names no data_dir: pass --data_dir")
-    mesh = trainer.make_mesh()
+    mesh = parallel.make_mesh()
     global_batch = batch_size or config.batch_size
     if global_batch % mesh.size:
         raise EvaluationError(f"batch size {global_batch} is not a multiple of the {mesh.size} devices")
     source = pipeline.open_split(config.dataset, data_dir, split)
     pipeline.check_image_size(config.dataset, data_dir, config.image_size)
-    state, step = restore_state(config, workdir, which, mesh)
+    state, step = workdirs.restore_state(config, workdir, which, mesh)
     example = pipeline.FindingExample(config.finding, config.min_votes)
-    eval_step = trainer.make_eval_step(trainer.create_model(config), config, mesh)
-    outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
+    eval_step = trainer.make_eval_step(models.create_model(config), config, mesh)
+    outputs = gather_eval(eval_step, state, pipeline.eval_batches(
         source, example, global_batch=global_batch, process_index=jax.process_index(),
         process_count=jax.process_count(), threads=config.loader_threads, prefetch_batches=config.prefetch_batches),
-        NamedSharding(mesh, P(trainer.AXIS)))
+        NamedSharding(mesh, P(parallel.AXIS)))
     ids = np.array(image_ids(config, data_dir, split))[outputs["record_index"]]
 
     scored = outputs["weight"] > 0
@@ -132,7 +91,7 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     outputs.update(lesion_localisation(config, data_dir, split, outputs))
     result.update(localisation_metrics(outputs, result))
     if jax.process_index() == 0:
-        write_outputs(pathlib.Path(out_dir) if out_dir else workdir / "eval", split, result, outputs, ids)
+        write_outputs(pathlib.Path(out_dir) if out_dir else workdir.eval_dir, split, result, outputs, ids)
     return result
 
 
@@ -143,7 +102,7 @@ def lesion_localisation(config: ml_collections.ConfigDict, data_dir: str | pathl
     Only positives whose record carries a lesion mask of the finding (``lesion_known``)
     get numbers; the others are nan (``lesion_known`` False).
     """
-    grid = trainer.activation_grid(config)
+    grid = models.activation_grid(config)
     centres = grid.centres()
     bit = 1 << findings.finding_index(config.finding)
     n = len(outputs["record_index"])
@@ -193,7 +152,7 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
     probability = outputs["probability"].astype(np.float64)
     with np.errstate(divide="ignore"):
         logit = np.log(probability) - np.log1p(-probability)
-    with open(out_dir / f"{split}_examples.csv", "w", newline="") as f:
+    with open(workdirs.eval_file(out_dir, split, "examples"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image_id", "status", "label", "probability", "logit", "air", "pointing_hit", "lesion_share"])
         for k in range(len(ids)):
@@ -204,7 +163,7 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
                              repr(float(air[k])), int(outputs["pointing_hit"][k]) if known else "",
                              repr(float(outputs["lesion_share"][k])) if known else ""])
     np.savez_compressed(
-        out_dir / f"{split}_outputs.npz", image_id=ids, record_index=outputs["record_index"],
+        workdirs.eval_file(out_dir, split, "outputs"), image_id=ids, record_index=outputs["record_index"],
         probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
         air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
         pointing_hit=outputs["pointing_hit"], lesion_share=outputs["lesion_share"],
@@ -215,11 +174,11 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
 
         fpr, tpr, _ = roc_curve(outputs["label"][scored], outputs["probability"][scored])
         point = (1 - result["specificity"], result["sensitivity"])
-        pictures.draw_roc(fpr, tpr, out_dir / f"{split}_roc.png", auroc=result["auroc"], operating_point=point,
+        pictures.draw_roc(fpr, tpr, workdirs.eval_file(out_dir, split, "roc"), auroc=result["auroc"], operating_point=point,
                           title=f"{result['finding']} ({split}, step {result['checkpoint_step']})")
     # The metrics file says the evaluation is complete (experiments/table1.py skips such a
     # run), so it comes last and appears whole.
-    metrics_file = out_dir / f"{split}_metrics.json"
+    metrics_file = workdirs.eval_file(out_dir, split, "metrics")
     partial = metrics_file.with_suffix(".json.tmp")
     partial.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(partial, metrics_file)

@@ -6,6 +6,7 @@ saved parameters, optimiser, data-iterator and loop state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -20,8 +21,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import checkpoints, configs, losses, reliability, stall, trainer
+from fundax import checkpoints, configs, evaluation, finetune, metrics, models, optimizer, provenance, reliability
+from fundax import stall, trainer
+from fundax import workdir as workdirs
 from fundax.data import pipeline
+from fundax.parallel import AXIS, make_mesh
 
 log = logging.getLogger("fundax")
 
@@ -29,18 +33,64 @@ TRAIN_METRICS = ("loss", "bce", "guidance", "guidance_weight", "grad_norm", "non
 NO_STEP = 2**31 - 1
 
 
-class MetricWriter:
-    """``metrics.jsonl`` and TensorBoard event files in the workdir (process 0 only)."""
+@dataclasses.dataclass
+class LoopState:
+    """The host-side state of the loop: model selection, the plateau schedule, the stall detector."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int):
+    finding: str
+    model_name: str
+    learning_rate: float
+    guidance_start: int | None = None  # the step at which lambda started rising (None: not yet)
+    best_score: float | None = None  # the selection metric, as a number to minimise
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    evals_at_floor: int = 0  # evaluations in a row in eq. 2's stuck state (fundax.stall)
+
+    def observe(self, step: int, score: float, config: ml_collections.ConfigDict) -> bool:
+        """Record a validation score (lower is better); True when it is the best so far.
+
+        The score is the selection metric's (:func:`fundax.checkpoints.selection_score`):
+        it picks the best checkpoint, and its stagnation lowers the learning rate
+        (``plateau``) and stops the run early.
+        """
+        improved = self.best_score is None or score < self.best_score
+        if improved:
+            self.best_score, self.best_step, self.evals_since_best = score, step, 0
+            return True
+        self.evals_since_best += 1
+        if config.lr_schedule == "plateau" and self.evals_since_best % config.lr_plateau_patience == 0:
+            self.learning_rate = max(self.learning_rate * config.lr_plateau_factor, config.min_learning_rate)
+        patience = config.early_stopping_patience
+        self.stopped_early = patience > 0 and self.evals_since_best >= patience
+        return False
+
+    def observe_floor(self, at_floor: bool, config: ml_collections.ConfigDict) -> bool:
+        """Record whether an evaluation was at eq. 2's floor; True while the run is stalled."""
+        self.evals_at_floor = self.evals_at_floor + 1 if at_floor else 0
+        return self.evals_at_floor >= config.stall_patience
+
+    def as_json(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), config=config.to_dict())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+class MetricWriter:
+    """The run's metrics log and TensorBoard event files (process 0 only)."""
+
+    def __init__(self, workdir: workdirs.Workdir, resume_step: int):
         self.enabled = jax.process_index() == 0
-        self.path = workdir / "metrics.jsonl"
+        self.path = workdir.metrics_log
         if not self.enabled:
             return
         truncate_metrics(self.path, resume_step)
         from tensorboardX import SummaryWriter
 
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+        self.tensorboard = SummaryWriter(str(workdir.tensorboard))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -51,7 +101,7 @@ class MetricWriter:
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
 
     def note(self, step: int, kind: str, message: str) -> None:
-        """A line of text in metrics.jsonl (not TensorBoard), e.g. the stall detector's."""
+        """A line of text in the metrics log (not TensorBoard), e.g. the stall detector's."""
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "split": kind, "message": message}) + "\n")
@@ -63,6 +113,37 @@ class MetricWriter:
     def close(self) -> None:
         if self.enabled:
             self.tensorboard.close()
+
+
+class Profile:
+    """A ``jax.profiler`` trace of the train steps ``window = (START, N)``: START to START + N − 1.
+
+    Viewable in TensorBoard's profile plugin or Perfetto, and summarised by
+    ``python -m fundax.bench trace`` (experiments/BENCHMARKS.md). Every process writes its
+    own trace. A run resumed after START traces nothing.
+    """
+
+    def __init__(self, window: tuple[int, int] | None, directory: pathlib.Path, process: int):
+        self.window, self.directory, self.process = window, directory, process
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.window is not None and step == self.window[0] and not self.active:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            self.active = True
+
+    def after(self, step: int, outputs: Any) -> None:
+        if self.active and step >= self.window[0] + self.window[1]:
+            jax.block_until_ready(outputs)
+            self.close()
+            log.info("profiler trace of steps %d-%d written to %s", self.window[0],
+                     self.window[0] + self.window[1] - 1, self.directory)
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
@@ -85,73 +166,29 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
     partial.replace(path)
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Errors a user can fix by changing one config value, each named."""
-    problems = []
-    if config.batch_size <= 0 or config.batch_size % num_devices:
-        problems.append(f"batch_size {config.batch_size} must be a positive multiple of the {num_devices} devices")
-    for key in ("num_train_steps", "eval_every_steps", "log_every_steps", "checkpoints_to_keep", "image_size"):
-        if config[key] <= 0:
-            problems.append(f"{key} must be positive, got {config[key]}")
-    if config.eval_every_steps > 0 and config.log_every_steps > 0 and config.eval_every_steps % config.log_every_steps:
-        problems.append(f"eval_every_steps {config.eval_every_steps} must be a multiple of "
-                        f"log_every_steps {config.log_every_steps}")
-    try:
-        trainer.check_model(config)
-    except ValueError as e:
-        problems.append(str(e))
-    if config.guidance_weight < 0:
-        problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
-    for key in ("guidance_delay_steps", "guidance_ramp_steps", "warmup_steps"):
-        if config[key] < 0:
-            problems.append(f"{key} must be >= 0, got {config[key]}")
-    if not 0 <= config.guidance_start_bce < 1:
-        problems.append(f"guidance_start_bce must lie in [0, 1) (0: no gate), got {config.guidance_start_bce}")
-    if config.guidance_form not in losses.GUIDANCE_FORMS:
-        problems.append(f"guidance_form must be one of {', '.join(map(repr, losses.GUIDANCE_FORMS))}, "
-                        f"got {config.guidance_form!r}")
-    if config.selection_metric not in checkpoints.SELECTION_METRICS:
-        problems.append(f"selection_metric must be one of {', '.join(map(repr, checkpoints.SELECTION_METRICS))}, "
-                        f"got {config.selection_metric!r}")
-    if config.guidance_delay_steps + config.guidance_ramp_steps > config.num_train_steps:
-        problems.append(f"the guidance warm-up (guidance_delay_steps + guidance_ramp_steps = "
-                        f"{config.guidance_delay_steps + config.guidance_ramp_steps}) must end by num_train_steps "
-                        f"{config.num_train_steps}, since only checkpoints after it are selected: shorten it, or set "
-                        "both and guidance_start_bce to 0 for lambda = 1 from the first step (the paper's setting)")
-    if config.stall_patience < 1:
-        problems.append(f"stall_patience must be at least 1, got {config.stall_patience}")
-    if config.learning_rate <= 0:
-        problems.append(f"learning_rate must be positive, got {config.learning_rate}")
-    if config.lr_plateau_patience < 1:
-        problems.append(f"lr_plateau_patience must be at least 1, got {config.lr_plateau_patience}")
-    if not 0 < config.lr_plateau_factor <= 1:
-        problems.append(f"lr_plateau_factor must lie in (0, 1], got {config.lr_plateau_factor}")
-    if not 0 <= config.min_learning_rate <= config.learning_rate:
-        problems.append(f"min_learning_rate must lie in [0, learning_rate], got {config.min_learning_rate}")
-    if problems:
-        raise ValueError("bad config: " + "; ".join(problems))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        data_dir: str | pathlib.Path, show_progress: bool = True,
                        allow_config_change: bool = False) -> dict[str, Any]:
     """Train ``config.finding`` in ``workdir``, resuming there if it holds a checkpoint.
 
-    A resume whose config differs from the run's ``config.json`` in a key that changes what is
-    learnt (:func:`fundax.configs.resume_changes`) raises :class:`ConfigChangeError`, unless
-    ``allow_config_change``: then the change is recorded in ``config_changes.jsonl`` and
-    ``metrics.jsonl``.
+    ``config`` is checked whole and locked first (:func:`fundax.configs.validate`) unless it
+    already is. A resume whose config differs from the run's saved config in a key that changes
+    what is learnt (:func:`fundax.configs.resume_changes`) raises :class:`ConfigChangeError`,
+    unless ``allow_config_change``: then the change is recorded in the workdir's config-change
+    log and its metrics log. With ``config.init_from`` a new run starts from another run's
+    weights (:mod:`fundax.finetune`); a resume restores its own.
 
     Raises :class:`reliability.Preempted` after saving when a stop signal arrives,
     :class:`reliability.NonFiniteError` on a NaN/Inf step (unless skipped),
     :class:`reliability.WorkdirError` when the workdir is busy or unwritable, and
     :class:`checkpoints.CheckpointWriteError` when a checkpoint cannot be written.
     """
-    workdir = pathlib.Path(workdir)
-    mesh = trainer.make_mesh()
-    check_config(config, mesh.size)
+    workdir = workdirs.Workdir(workdir)
+    mesh = make_mesh()
+    if not isinstance(config, ml_collections.FrozenConfigDict):
+        config = configs.validate(config, mesh.size)
     if jax.process_index() == 0:
-        with reliability.WorkdirLock(workdir), reliability.StopSignals() as signals:
+        with workdirs.lock(workdir), reliability.StopSignals() as signals:
             return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
     with reliability.StopSignals() as signals:
         return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
@@ -161,37 +198,31 @@ class ConfigChangeError(ValueError):
     """A resume asked for a config that would make the run neither the old one nor a new one."""
 
 
-def saved_config(workdir: pathlib.Path) -> dict[str, Any] | None:
-    """The workdir's ``config.json``, or None when there is none."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigChangeError(f"{path} is not the JSON fundax writes ({e}): move it away to resume") from None
-
-
-def check_resume_config(saved: dict[str, Any] | None, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def check_resume_config(saved: dict[str, Any] | None, config: ml_collections.ConfigDict,
+                        workdir: workdirs.Workdir | pathlib.Path,
                         step: int, allow: bool) -> dict[str, tuple]:
     """The result-changing differences from the saved config; raises unless ``allow``."""
+    workdir = workdirs.as_workdir(workdir)
     changes = configs.resume_changes(saved, config) if saved is not None else {}
     if changes and not allow:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
         raise ConfigChangeError(
-            f"{workdir} holds a run to step {step} trained with another config ({listed}): resuming would make it "
-            "neither run. Use another --workdir, or pass --allow_config_change to continue it with the change "
-            "recorded in config_changes.jsonl")
+            f"{workdir.path} holds a run to step {step} trained with another config ({listed}): resuming would make "
+            "it neither run. Use another --workdir, or pass --allow_config_change to continue it with the change "
+            f"recorded in {workdir.config_changes.name}")
     return changes
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: str | pathlib.Path,
+def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_dir: str | pathlib.Path,
            mesh: jax.sharding.Mesh, signals: reliability.StopSignals, show_progress: bool,
            allow_config_change: bool) -> dict[str, Any]:
     # Read before the restore, a collective, so that process 0 cannot have rewritten it yet.
-    saved = saved_config(workdir)
-    model = trainer.create_model(config)
-    tx = trainer.make_optimizer(config)
+    try:
+        saved, info = workdirs.saved_config(workdir), workdirs.run_info(workdir)
+    except workdirs.NotAWorkdirError as e:
+        raise ConfigChangeError(f"{e} to resume") from None
+    model = models.create_model(config)
+    tx = optimizer.make_optimizer(config)
     train_source = pipeline.open_split(config.dataset, data_dir, "train")
     val_source = pipeline.open_split(config.dataset, data_dir, "validation")
     pipeline.check_image_size(config.dataset, data_dir, config.image_size)
@@ -206,26 +237,32 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
         process_count=processes, threads=config.loader_threads, prefetch_batches=config.prefetch_batches,
         indices=scored))
 
-    ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoints_to_keep, selection_metric=config.selection_metric)
+    ckpts = workdir.checkpoints(keep=config.checkpoints_to_keep, selection_metric=config.selection_metric)
     restored = ckpts.restore_latest_intact(
         trainer.abstract_train_state(model, tx, config, mesh), data_iter,
-        check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir))
+        check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir.path))
+    made_with = provenance.collect(pipeline.dataset_fingerprint(config.dataset, data_dir))
     if restored is not None:
         state, loop_json, resumed_at = restored
         changes = check_resume_config(saved, config, workdir, resumed_at, allow_config_change)
-        loop = trainer.LoopState.from_json(loop_json)
+        loop = LoopState.from_json(loop_json)
         sums = {k: np.float32(v) for k, v in loop_json.get("train_sums", {}).items()}
-        log.info("resuming %s from step %d (%s)", workdir, resumed_at, ckpts.directory)
+        log.info("resuming %s from step %d (%s)", workdir.path, resumed_at, ckpts.directory)
+        info = dict(info, last_resume=dict(made_with, step=resumed_at))
     else:
         resumed_at = 0
         state = trainer.create_train_state(model, tx, config, mesh)
+        info = {"provenance": made_with}
+        if config.init_from:
+            state, info["init_from"] = finetune.init_from(state, config, mesh)
+            log.info("%s", finetune.summary(info["init_from"]))
         start = trainer.initial_guidance_start(config)
-        loop = trainer.LoopState(config.finding, config.model, float(config.learning_rate),
-                                 guidance_start=start if start >= 0 else None)
+        loop = LoopState(config.finding, config.model, float(config.learning_rate),
+                         guidance_start=start if start >= 0 else None)
         sums = {}
         changes = {}
     if process == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        workdirs.write_config(workdir, config, info)
 
     writer = MetricWriter(workdir, resumed_at)
     if changes:
@@ -234,12 +271,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
         log.warning("step %d: %s", resumed_at, text)
         writer.note(resumed_at, "config_change", text)
         if process == 0:
-            with open(workdir / "config_changes.jsonl", "a", encoding="utf-8") as f:
+            with open(workdir.config_changes, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": resumed_at, "changes": {k: list(v) for k, v in changes.items()},
                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
     train_step = trainer.make_train_step(model, tx, config, mesh)
     eval_step = trainer.make_eval_step(model, config, mesh)
-    batch_sharding = NamedSharding(mesh, P(trainer.AXIS))
+    batch_sharding = NamedSharding(mesh, P(AXIS))
+    profile = Profile(configs.parse_profile_steps(config.profile_steps), workdir.profile_dir, process)
     step = int(state.step)
     validation: dict[str, float] = {}
     first_nonfinite = NO_STEP
@@ -253,9 +291,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 f"is step {ckpts.latest_step()} in {ckpts.directory}; set --config.skip_nonfinite_steps=True "
                 "to skip such steps instead")
 
-    def save(metrics: dict[str, float] | None = None) -> None:
+    def save(selection: dict[str, float] | None = None) -> None:
         check_finite()
-        ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=metrics)
+        ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=selection)
 
     from tqdm import tqdm
 
@@ -277,21 +315,23 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
             if loop.guidance_start is None and step >= config.guidance_delay_steps:
                 start_guidance(f"guidance_delay_steps {config.guidance_delay_steps} reached")
             batch = pipeline.to_global(next(data_iter), batch_sharding)
-            state, metrics = train_step(state, batch)
+            profile.before(step)
+            state, step_metrics = train_step(state, batch)
             step += 1
+            profile.after(step, step_metrics)
             if step == first_step:
-                jax.block_until_ready(metrics)
+                jax.block_until_ready(step_metrics)
                 log.info("first step done %.1f s after the loop started (compiling included)",
                          time.perf_counter() - started)
             for name in TRAIN_METRICS:
-                sums[name] = sums.get(name, 0) + metrics[name]
+                sums[name] = sums.get(name, 0) + step_metrics[name]
             sums["count"] = sums.get("count", 0) + 1
-            first_nonfinite = jnp.minimum(first_nonfinite, jnp.where(metrics["nonfinite"] > 0, step, NO_STEP))
+            first_nonfinite = jnp.minimum(first_nonfinite, jnp.where(step_metrics["nonfinite"] > 0, step, NO_STEP))
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
                 check_finite()
                 count = int(sums.pop("count"))
                 means = {k: float(np.asarray(v)) / count for k, v in sums.items() if k != "nonfinite"}
-                means["learning_rate"] = trainer.learning_rate(state, config)
+                means["learning_rate"] = optimizer.learning_rate(state, config)
                 skipped = int(np.asarray(sums["nonfinite"]))
                 if skipped:
                     means["skipped_steps"] = skipped
@@ -312,11 +352,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 tick, tick_step = now, step
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
                 check_finite()
-                outputs = trainer.gather_eval(eval_step, state, pipeline.eval_batches(
+                outputs = evaluation.gather_eval(eval_step, state, pipeline.eval_batches(
                     val_source, example, global_batch=config.batch_size, process_index=process,
                     process_count=processes, threads=config.loader_threads,
                     prefetch_batches=config.prefetch_batches), batch_sharding)
-                validation = trainer.validation_metrics(outputs, config.guidance_weight, config.epsilon)
+                validation = metrics.validation_metrics(outputs, config.guidance_weight, config.epsilon)
                 before = loop.learning_rate
                 # During the guidance warm-up the network is not yet the model eq. 3 trains: it is not
                 # selected, and the validation numbers it moves do not lower the learning rate.
@@ -325,12 +365,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 if selectable:
                     loop.observe(step, checkpoints.selection_score(validation, config.selection_metric), config)
                 if loop.learning_rate != before:
-                    state = trainer.set_learning_rate(state, loop.learning_rate)
+                    state = optimizer.set_learning_rate(state, loop.learning_rate)
                     log.info("step %d: %s stagnates, learning rate %.3g -> %.3g",
                              step, config.selection_metric, before, loop.learning_rate)
                 stalled = loop.observe_floor(stall.at_floor(validation), config)
                 writer.write(step, "validation", {**validation, "stalled": int(stalled),
-                                                  "learning_rate": trainer.learning_rate(state, config)})
+                                                  "learning_rate": optimizer.learning_rate(state, config)})
                 if stalled:
                     advice = stall.message(step, validation, loop.evals_at_floor)
                     writer.note(step, "stall", advice)
@@ -352,6 +392,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
                 raise reliability.Preempted(signum, step)
         check_finite()
     finally:
+        profile.close()
         bar.close()
         ckpts.close()
         writer.close()
@@ -361,12 +402,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, data_dir: s
     return {"step": step, "best_step": loop.best_step, "selection_metric": config.selection_metric,
             "best_score": loop.best_score, "evals_at_floor": loop.evals_at_floor,
             "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
-            "metrics": str(workdir.absolute() / "metrics.jsonl"),
-            "tensorboard": str(workdir.absolute() / "tensorboard"),
+            "metrics": str(workdir.metrics_log.absolute()), "tensorboard": str(workdir.tensorboard.absolute()),
+            **({"profile": str(workdir.profile_dir.absolute())} if profile.window else {}),
             **validation}
 
 
-def _loop_json(loop: trainer.LoopState, config: ml_collections.ConfigDict, sums: dict[str, Any]) -> dict[str, Any]:
+def _loop_json(loop: LoopState, config: ml_collections.ConfigDict, sums: dict[str, Any]) -> dict[str, Any]:
     # Partial train-metric sums travel with the checkpoint so a resumed run logs the same means.
     return loop.as_json(config) | {"train_sums": {k: float(np.asarray(v)) for k, v in sums.items()}}
 

@@ -350,3 +350,26 @@ def evaluation_metrics(
             where = "at the operating point" if not mask.any() else "with a regional cue and activation"
             notes.append(f"AIR ({short}) undefined: no {long} {where}")
     return result
+
+
+def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float, epsilon: float) -> dict[str, float]:
+    """Weighted validation losses (eq. 1–3), AUROC over the scored examples, and the floor numbers.
+
+    ``val_loss`` is eq. 3 with the full ``guidance_weight`` (the paper's lambda), whatever the
+    guidance warm-up has reached. ``val_floor_bce`` and ``val_positives_at_floor`` are the stall
+    detector's (:mod:`fundax.stall`).
+    """
+    from fundax import stall
+
+    w = outputs["weight"]
+    total = float(w.sum())
+    bce = float((w * outputs["bce"]).sum() / total) if total else 0.0
+    guidance = float((w * outputs["guidance"]).sum() / total) if total else 0.0
+    scored = w > 0
+    labels = outputs["label"][scored]
+    metrics = {"val_loss": bce + guidance_weight * guidance, "val_bce": bce, "val_guidance": guidance,
+               "val_examples": int(scored.sum())}
+    value = auroc(labels, outputs["probability"][scored])
+    if value is not None:
+        metrics["val_auroc"] = value
+    return metrics | stall.floor_metrics(outputs, epsilon)

@@ -3,7 +3,7 @@
 On Cloud TPU pod slices and under SLURM every process runs the same command and
 ``jax.distributed.initialize()`` finds the others by itself; elsewhere the
 coordinator, the number of processes and each one's id are given explicitly.
-A single process needs none of this. The mesh (``trainer.make_mesh``) then spans
+A single process needs none of this. The mesh (:func:`make_mesh`) then spans
 every device of every process, each process reads only its slice of each global
 batch, process 0 alone writes logs and pictures, and Orbax saves collectively.
 """
@@ -13,12 +13,26 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import flags
+import numpy as np
 
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, to run several processes outside Cloud TPU and SLURM.")
-flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes take part.")
-flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's id, 0 to num_processes-1.")
+AXIS = "data"
+"""The mesh's one axis: the global batch is split over it."""
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all (global) devices, axis ``data``."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+
+
+def define_flags() -> None:
+    """``--coordinator_address``, ``--num_processes``, ``--process_id``: for the entry points that train or evaluate."""
+    from absl import flags
+
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0, to run several processes outside Cloud TPU and SLURM.")
+    flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes take part.")
+    flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's id, 0 to num_processes-1.")
 
 
 def in_cluster() -> bool:
@@ -49,6 +63,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def initialize_from_flags() -> None:
+    """:func:`initialize` with the values of :func:`define_flags`'s flags."""
+    from absl import flags
+
     f = flags.FLAGS
     initialize(f.coordinator_address, f.num_processes, f.process_id)
 

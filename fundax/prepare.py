@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from fundax import cli
 from fundax.data import fundus_findings, images, synthetic
 from fundax.data.preparation import prepare, summary
 
@@ -40,8 +41,7 @@ flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Larger photograph
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     try:
         synthetic_config = None
         if FLAGS.source == "synthetic":
@@ -63,4 +63,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

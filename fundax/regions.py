@@ -24,14 +24,12 @@ intersections. The geometry is written once over an array namespace, so that
 the numpy functions and their jax twins (usable inside ``jit`` and ``vmap``)
 are the same code.
 
-Run ``python -m fundax.regions --demo OUT.png`` for a picture of the partition.
+``python -m fundax.regions_figure --demo=OUT.png`` draws the partition over a photograph.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -105,7 +103,7 @@ def _check_pair(disc_xy: Any, fovea_xy: Any) -> tuple[np.ndarray, np.ndarray]:
     if not (np.all(np.isfinite(disc)) and np.all(np.isfinite(fovea))):
         raise RegionError(f"disc {disc_xy!r} and fovea {fovea_xy!r} must be finite")
     if np.hypot(*(fovea - disc)) == 0:
-        raise RegionError(f"disc and fovea coincide at {tuple(disc)}: the regions are undefined")
+        raise RegionError(f"disc and fovea coincide at {tuple(disc.tolist())}: the regions are undefined")
     if not np.all(np.isfinite(fovea - disc)):
         raise RegionError(f"disc {disc_xy!r} and fovea {fovea_xy!r} are too far apart to measure")
     return disc, fovea
@@ -248,56 +246,3 @@ def region_mask(
     bits_to_regions(bits)  # validates the range
     ids = region_map(height, width, disc_xy, fovea_xy, image_size)
     return mask_from_bits(ids, np.int32(bits)).astype(np.float32)
-
-
-def _parse_xy(text: str, flag: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise SystemExit(f"error: {flag} wants x,y in pixels, got {text!r}") from None
-    return x, y
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from fundax import pictures
-
-    parser = argparse.ArgumentParser(
-        prog="python -m fundax.regions",
-        description="Draw the 8 anatomical regions over a fundus photograph.",
-    )
-    parser.add_argument("--demo", metavar="OUT.png", required=True, help="where to write the picture")
-    parser.add_argument("--image", help="a fundus photograph (default: a synthetic right eye)")
-    parser.add_argument("--disc", help="optic disc centre x,y in pixels of --image")
-    parser.add_argument("--fovea", help="fovea centre x,y in pixels of --image")
-    args = parser.parse_args(argv)
-    if args.image:
-        if not (args.disc and args.fovea):
-            parser.error("--image needs --disc and --fovea")
-        from fundax.data import images
-
-        try:
-            image = images.load_image(args.image)
-        except (images.ImageError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from None
-        disc, fovea = _parse_xy(args.disc, "--disc"), _parse_xy(args.fovea, "--fovea")
-        title = args.image
-    else:
-        from fundax.data import synthetic
-
-        eye = synthetic.demo_eye()
-        image, disc, fovea = eye.image, eye.disc_xy, eye.fovea_xy
-        title = "synthetic right eye"
-        if args.disc or args.fovea:
-            disc = _parse_xy(args.disc, "--disc") if args.disc else disc
-            fovea = _parse_xy(args.fovea, "--fovea") if args.fovea else fovea
-    try:
-        _check_pair(disc, fovea)
-    except RegionError as e:
-        raise SystemExit(f"error: {e}") from None
-    out = pictures.draw_regions(image, disc, fovea, args.demo, title=title)
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

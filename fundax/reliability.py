@@ -1,10 +1,10 @@
 """What keeps a long run safe: one training per workdir, graceful stops, non-finite steps.
 
 * :class:`WorkdirLock` — an exclusive operating-system lock (``filelock``: flock on
-  POSIX, LockFileEx on Windows) on ``WORKDIR/.fundax.lock`` for the run's lifetime;
+  POSIX, LockFileEx on Windows) on the workdir's lock file for the run's lifetime;
   the system drops it when the process dies, however it dies. Who holds it is
-  written beside it, in ``WORKDIR/.fundax.holder``, for the error a second
-  training gets at once.
+  written beside it, in the holder file, for the error a second training gets at
+  once (both named by :mod:`fundax.workdir`).
 * :class:`StopSignals` — SIGTERM (what Cloud TPU and most schedulers send before
   preemption) or SIGINT asks the loop to finish its step, save and exit with
   status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal
@@ -25,10 +25,6 @@ from types import FrameType
 import filelock
 import jax
 from jax.experimental import multihost_utils
-
-LOCK_FILE = ".fundax.lock"
-HOLDER_FILE = ".fundax.holder"
-
 
 class WorkdirError(RuntimeError):
     """A workdir that cannot be used: unwritable, or held by another training."""
@@ -53,9 +49,9 @@ class Preempted(Exception):
 class WorkdirLock:
     """Exclusive use of a workdir by one training (process 0 of a run takes it)."""
 
-    def __init__(self, workdir: pathlib.Path):
-        self.path = pathlib.Path(workdir) / LOCK_FILE
-        self.holder_path = self.path.with_name(HOLDER_FILE)
+    def __init__(self, lock_file: pathlib.Path, holder_file: pathlib.Path):
+        self.path = pathlib.Path(lock_file)
+        self.holder_path = pathlib.Path(holder_file)
         self._lock = filelock.FileLock(self.path)
 
     def _holder(self) -> str:

@@ -19,11 +19,12 @@ import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from fundax import checkpoints, configs, findings, parallel, reliability
+from fundax import checkpoints, cli, configs, findings, parallel, reliability
+from fundax import workdir as workdirs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("finding", None, f"One of: {', '.join(findings.FINDINGS)}.")
@@ -35,36 +36,28 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume a run with a config that changes what it learns (refused otherwise); the change is "
                   "recorded in the workdir's config_changes.jsonl.")
 configs.define_config_flag("A config file; override keys with --config.KEY=VALUE.")
+parallel.define_flags()
 flags.mark_flags_as_required(["finding", "workdir"])
 
 log = logging.getLogger("fundax")
 
 
-def prepare_embedded(config, data_dir: str) -> None:
-    """The synthetic set is fundax's embedded default: prepare it once, and say so.
+def prepare_embedded(config) -> None:
+    """The synthetic set is fundax's embedded default: prepare it once into ``config.data_dir``, and say so.
 
-    A set already prepared in ``data_dir`` is used when it agrees with the config's
-    ``image_size`` and ``synthetic.*`` keys; the generator's other settings are its own.
+    :func:`fundax.data.preparation.prepare` reuses a set prepared with the same settings and
+    refuses one prepared with others, naming what differs.
     """
-    from fundax.data import preparation as prepare
-    from fundax.data import synthetic
+    from fundax.data import preparation, synthetic
 
     if jax.process_index() != 0:
         return
-    s = config.synthetic
-    wanted = {"num_train": s.num_train, "num_test": s.num_test, "seed": s.seed,
-              "shortcut_finding": s.shortcut_finding or None, "shortcut_strength": s.shortcut_strength}
-    existing = prepare.load_metadata(prepare.dataset_dir(data_dir, "synthetic")).get("prepare")
-    if existing is not None:
-        have = {k: existing["synthetic"].get(k) for k in wanted} | {"image_size": existing["image_size_px"]}
-        if have != wanted | {"image_size": config.image_size}:
-            raise ValueError(f"the synthetic set in {data_dir} was prepared with {have}, but the config asks for "
-                             f"{wanted | {'image_size': config.image_size}}: use another --data_dir")
-        return
-    result = prepare.prepare("synthetic", data_dir, image_size_px=config.image_size,
-                             synthetic_config=synthetic.SyntheticConfig(**wanted))
-    print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
-          f"{config.image_size} px) into {result.dataset_dir}", flush=True)
+    wanted = synthetic.from_config(config.synthetic)
+    result = preparation.prepare("synthetic", config.data_dir, image_size_px=config.image_size,
+                                 synthetic_config=wanted, show_progress=False)
+    if not result.reused:
+        print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
+              f"{config.image_size} px) into {result.dataset_dir}", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -72,39 +65,37 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     from fundax import loop
 
-    config = FLAGS.config
     try:
         parallel.initialize_from_flags()
-        findings.get_finding(FLAGS.finding)
-        config.finding = FLAGS.finding
+        # The whole config is checked, and locked, before anything is prepared, which can take minutes.
+        values = {"finding": FLAGS.finding, "data_dir": os.path.abspath(FLAGS.data_dir)}
         if FLAGS.dataset:
-            config.dataset = FLAGS.dataset
-        config.data_dir = os.path.abspath(FLAGS.data_dir)
-        # The whole config is checked before anything is prepared, which can take minutes.
-        loop.check_config(config, jax.device_count())
+            values["dataset"] = FLAGS.dataset
+        config = configs.validate(FLAGS.config, jax.device_count(), **values)
         if jax.default_backend() == "cpu":
             hint = "; for a run sized for a CPU use --config=experiments/configs/cpu_demo.py" \
                 if config.image_size > 128 else ""
             log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
         if config.dataset == "fundus_findings/synthetic":
-            prepare_embedded(config, FLAGS.data_dir)
+            prepare_embedded(config)
             if jax.process_count() > 1:  # the others wait until process 0 has prepared it
                 multihost_utils.sync_global_devices("fundax: synthetic set prepared")
         if config.compilation_cache_dir != "off":
             parallel.enable_compilation_cache(
-                config.compilation_cache_dir or os.path.join(os.path.abspath(FLAGS.workdir), "jax_cache"))
+                config.compilation_cache_dir or str(workdirs.Workdir(FLAGS.workdir).compilation_cache))
         result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir,
                                           allow_config_change=FLAGS.allow_config_change)
+    except configs.ConfigError as e:
+        cli.usage_exit(str(e))
     except reliability.Preempted as e:
         print(f"{e}; the checkpoint is saved: run the same command again to resume", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last checkpoint in "
-              f"{FLAGS.workdir}/checkpoints, if there is one", file=sys.stderr)
+              f"{workdirs.Workdir(FLAGS.workdir).checkpoint_dir}, if there is one", file=sys.stderr)
         return 130
     except (ValueError, OSError, reliability.WorkdirError, reliability.NonFiniteError,
             checkpoints.CheckpointWriteError, checkpoints.NoIntactCheckpointError) as e:
@@ -124,9 +115,9 @@ def main(argv: list[str]) -> int:
     if "val_auroc" in result:
         print(f"last validation AUROC {result['val_auroc']:.4f}")
     print(f"checkpoints: {result['checkpoints']}\nmetrics:     {result['metrics']}\n"
-          f"tensorboard: {result['tensorboard']}")
+          f"tensorboard: {result['tensorboard']}" + (f"\nprofile:     {result['profile']}" if "profile" in result else ""))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=configs.parse_flags)
+    cli.run(main)

@@ -5,6 +5,10 @@ import numpy as np
 
 from fundax import findings, regions
 from fundax.configs import default
+from fundax import models
+from fundax import optimizer
+from fundax import parallel
+from fundax import workdir as workdirs
 
 
 # The example line of docs/DATA_FORMAT.md.
@@ -73,7 +77,9 @@ def train_command(workdir, data_dir, steps, **overrides) -> list[str]:
               "warmup_steps": 1, "guidance_start_bce": 0.5, "guidance_delay_steps": 1, "guidance_ramp_steps": 2,
               # A cosine decay depends on num_train_steps; tests that resume with more steps need a rate that does not.
               "lr_schedule": "plateau",
-              "synthetic.num_train": 40, "synthetic.num_test": 20, **overrides}
+              # conftest.tiny_dataset's generator settings, so that train reuses that set.
+              "synthetic.num_train": 40, "synthetic.num_test": 20, "synthetic.height_px": 64,
+              "synthetic.prevalence": "macular_hole=0.5", **overrides}
     return [sys.executable, "-m", "fundax.train", "--finding=macular_hole", f"--workdir={workdir}",
             f"--data_dir={data_dir}", "--dataset=fundus_findings/synthetic",
             "--config=experiments/configs/cpu_demo.py", *(f"--config.{k}={v}" for k, v in config.items())]
@@ -83,13 +89,13 @@ def restored_state(workdir, step):
     """The train state a tiny-config run saved at ``step``, as numpy arrays."""
     import jax
 
-    from fundax import checkpoints, trainer
+    from fundax import trainer
 
     config = tiny_config()
-    mesh = trainer.make_mesh(jax.devices()[:1])
-    abstract = trainer.abstract_train_state(trainer.create_model(config), trainer.make_optimizer(config),
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    abstract = trainer.abstract_train_state(models.create_model(config), optimizer.make_optimizer(config),
                                             config, mesh)
-    ckpts = checkpoints.Checkpoints(workdir, read_only=True)
+    ckpts = workdirs.Workdir(workdir).checkpoints(read_only=True)
     state, _ = ckpts.restore(step, abstract)
     ckpts.close()
     return jax.tree.map(np.asarray, state)

@@ -449,14 +449,24 @@ def test_unknown_photographs_are_not_found(manual):
 # --- command line -------------------------------------------------------------------------------
 
 
-def _error(argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
-    return e.value.code
+def _failure(argv, capsys, status: int) -> str:
+    """The ``error:`` line of a command line that fails with ``status``: 1 the folders, 2 the flags (then the hint)."""
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == status, err
+    lines = err.splitlines()
+    assert len(lines) == (2 if status == 2 else 1) and lines[0].startswith("error: "), err
+    if status == 2:
+        assert lines[1] == "(see python -m fundax.annotate --help)"
+    assert out == ""
+    return lines[0]
 
 
-def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_path, capsys):
+def test_folders_and_addresses_it_cannot_use_stop_it_with_one_line_naming_what_and_where(manual, tmp_path, capsys):
     images, out = str(manual / "images"), str(manual / "annotations.jsonl")
     empty = tmp_path / "manual" / "empty"
     empty.mkdir()
@@ -470,10 +480,6 @@ def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_
         f"--out {tmp_path}/no/a.jsonl: the folder {tmp_path}/no does not exist": ["--images", images, "--out",
                                                                                    f"{tmp_path}/no/a.jsonl"],
         f"--images {empty}: holds no photographs": ["--images", str(empty), "--out", out],
-        "--grader 'r 01': want 1 to 64 characters": ["--images", images, "--out", out, "--grader", "r 01"],
-        # A name that is not UTF-8 (a lone surrogate) could be neither shown on the page nor written.
-        "--grader 'r\\udcff01': want 1 to 64 characters": ["--images", images, "--out", out, "--grader",
-                                                           "r\udcff01"],
         f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)": [
             "--images", images, "--out", out, "--port", str(port)],
         f"--out {manual}/dangling.jsonl: leads to {tmp_path}/gone/a.jsonl, whose folder does not exist": [
@@ -482,13 +488,48 @@ def test_bad_command_lines_stop_with_one_line_naming_what_and_where(manual, tmp_
     (manual / "dangling.jsonl").symlink_to(tmp_path / "gone" / "a.jsonl")
     try:
         for expected, argv in cases.items():
-            argv = argv if "--grader" in argv else [*argv, "--grader", "r01"]
-            assert _error(argv).startswith(f"error: {expected}")
+            assert _failure([*argv, "--grader", "r01"], capsys, 1).startswith(f"error: {expected}")
     finally:
         busy.close()
-    with pytest.raises(SystemExit):
-        cli.main(["--images", images, "--out", out, "--grader", "r01", "--port", "70000"])
-    assert "error: argument --port: want a port in 0..65535, got 70000" in capsys.readouterr().err
+    # Called directly, the session refuses a grader id the file could not hold.
+    with pytest.raises(cli.SetupError, match="--grader 'r 01': want 1 to 64 characters"):
+        cli.open_session(images, out, "r 01")
+
+
+def test_bad_flags_are_usage_errors_in_one_line_naming_the_flag_and_value(manual, capsys):
+    base = ["--images", str(manual / "images"), "--out", str(manual / "annotations.jsonl")]
+    want_grader = "want 1 to 64 characters without spaces or control characters"
+    cases = {
+        f"bad flag --grader=r 01: {want_grader}, got 'r 01'": [*base, "--grader", "r 01"],
+        # A name that is not UTF-8 (a lone surrogate) could be neither shown on the page nor written;
+        # one with a line break would break the one-line message, so both are escaped in it.
+        f"bad flag --grader=r\\udcff01: {want_grader}, got 'r\\udcff01'": [*base, "--grader", "r\udcff01"],
+        f"bad flag --grader=r\\n01: {want_grader}, got 'r\\n01'": [*base, "--grader=r\n01"],
+        "bad flag --port=70000: want a port in 0..65535, got 70000": [*base, "--grader=r01", "--port", "70000"],
+        "bad flag --port=http: want a port number, got 'http'": [*base, "--grader=r01", "--port=http"],
+        "bad flag --split=validation: value should be one of <train|test>": [*base, "--grader=r01",
+                                                                            "--split=validation"],
+        "missing required flag --grader": base,
+        "missing required flags --images, --out, --grader": [],
+        "unknown flag --prot": [*base, "--grader=r01", "--prot=80"],
+        "unexpected arguments: photo.jpg": [*base, "--grader=r01", "photo.jpg"],
+    }
+    for expected, argv in cases.items():
+        assert _failure(argv, capsys, 2) == f"error: {expected}", argv
+
+
+def test_help_lists_the_flags_and_exits_0(capsys):
+    # fundax.report defines --images, --out and --split in absl's global flags: the tool's own set is apart.
+    from fundax import report
+
+    assert report.FLAGS["out"].default == "report"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("Mark findings and the regions")
+    assert "usage: python -m fundax.annotate --images=DIR --out=FILE --grader=ID" in out
+    for flag in ("--images", "--out", "--grader", "--split: <train|test>", "--host", "--port", "--allowed_host"):
+        assert f"\n  {flag}" in out, flag
 
 
 def test_a_symlinked_out_is_written_through_to_the_file_it_names(manual, tmp_path):
@@ -536,9 +577,8 @@ def test_serving_beyond_this_machine_warns_and_names_the_hosts_it_answers_to(man
     for host, status in (("grader-pc.lan:8765", 200), ("[fd00::7]:8765", 200), ("evil.example", 400)):
         assert client.get("/", headers={"Host": host}).status_code == status, host
     assert cli.main(argv) == 0 and "warning: --host" not in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main([*argv, "--allowed_host", "a b"])
-    assert "argument --allowed_host: want a host name or address, got 'a b'" in capsys.readouterr().err
+    assert _failure([*argv, "--allowed_host", "a b"], capsys, 2) == (
+        "error: bad flag --allowed_host=a b: want a host name or address, got 'a b'")
 
 
 @pytest.mark.timeout(90)

@@ -14,6 +14,7 @@ from fakes import tiny_config
 
 from fundax.bench import timing
 from fundax.data import pipeline
+from fundax import models
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -191,23 +192,79 @@ def test_train_command_writes_consistent_json(tmp_path, tiny_dataset):
     assert "ms/step" in done.stdout and "first step in a new process" in done.stdout
 
 
-def test_bad_subcommand_and_counts_are_refused(tmp_path):
-    done = _bench(tmp_path, "fly")
-    assert done.returncode != 0 and "usage: python -m fundax.bench" in done.stderr
-    done = _bench(tmp_path, "train", "--repeats=0")
-    assert done.returncode != 0 and "--repeats must be >= 1" in done.stderr
-    done = _bench(tmp_path, "torch", "--config.model=inception_v3")
-    assert done.returncode == 1 and "the PyTorch twin is the guided CNN" in done.stderr
+MODES = "python -m fundax.bench {train,torch,eval,input,trace} [flags]"
+
+
+def test_no_benchmark_named_is_a_usage_error_naming_the_modes():
+    done = subprocess.run([sys.executable, "-m", "fundax.bench"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: give the benchmark to run: {MODES}",
+                                        "(see python -m fundax.bench --help)"]
+
+
+@pytest.mark.parametrize("args, flag_values, message", [
+    (["fly"], {}, f"unknown benchmark 'fly': {MODES}"),
+    (["train", "eval"], {}, f"give one benchmark, got train eval: {MODES}"),
+    (["input"], {}, "input needs --data_dir, a prepared dataset"),
+    (["train"], {"repeats": 0}, "--steps and --repeats must be >= 1, got 10 and 0"),
+])
+def test_bad_benchmarks_and_counts_are_usage_errors(bench_cli, args, flag_values, message):
+    from absl.testing import flagsaver
+
+    from fundax import cli
+
+    # flagsaver, not monkeypatch: undoing a monkeypatched flag would delete it from absl's FLAGS.
+    with flagsaver.flagsaver(**flag_values), pytest.raises(cli.UsageError) as e:
+        bench_cli.main(["bench", *args])
+    assert str(e.value) == message and e.value.exitcode == cli.USAGE_EXIT
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--stepz=3", "unknown flag --stepz"),
+    ("--steps=many", "bad flag --steps=many: invalid literal for int() with base 10: 'many'"),
+    ("--stream=test", "bad flag --stream=test: value should be one of <train|eval>"),
+])
+def test_bad_flags_are_one_line_usage_errors_naming_the_flag(bench_cli, capsys, flag, message):
+    from fundax import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.parse_flags(["bench", flag])
+    assert e.value.code == cli.USAGE_EXIT
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {message}"
+
+
+def test_help_lists_the_flags_and_exits_0(bench_cli, monkeypatch, capsys):
+    from fundax import cli
+
+    # As python -m fundax.bench --help sees it: absl lists the flags of the module sys.argv[0] names.
+    monkeypatch.setitem(sys.modules, "__main__", bench_cli)
+    monkeypatch.setattr(sys, "argv", [bench_cli.__name__, "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.parse_flags(sys.argv)
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("Benchmarks: medians of repeated timed runs")
+    for flag in ("--config", "--steps", "--repeats", "--data_dir", "--json_out", "--stream"):
+        assert f"\n  {flag}:" in out, flag
+
+
+def test_the_torch_twin_of_another_model_is_refused_in_one_line(bench_cli, capsys):
+    from absl.testing import flagsaver
+
+    with flagsaver.flagsaver(config=tiny_config(model="inception_v3", guidance_weight=0.0, image_size=80)):
+        assert bench_cli.main(["bench", "torch"]) == 1
+    assert capsys.readouterr().err == ("error: the PyTorch twin is the guided CNN; --config.model=inception_v3 "
+                                       "has none\n")
 
 
 def test_torch_twin_matches_fundax_architecture_and_loss():
     torch = pytest.importorskip("torch", reason="the PyTorch comparison needs the bench extra (pip install torch)")
-    from fundax import losses, trainer
+    from fundax import losses
     from fundax.bench import torch_guided_cnn as tg
 
     for finding in ("macular_hole", "hemorrhage", "membrane"):
         config = tiny_config(finding=finding)
-        model = trainer.create_model(config).clone(axis_name=None)
+        model = models.create_model(config).clone(axis_name=None)
         variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
         twin = tg.TorchGuidedCNN(model)
         flax_count = sum(np.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
@@ -248,3 +305,45 @@ def test_torch_command_reports_ratios(tmp_path):
     eager = result["torch"][0]
     assert eager["variant"] == "eager" and eager["finite_loss"]
     assert eager["fundax_ratio"] == pytest.approx(result["fundax"]["images_per_s"] / eager["images_per_s"])
+
+
+def test_trace_summary_adds_up_events_by_where_and_operation(tmp_path):
+    import gzip
+
+    from fundax.bench import trace
+
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream/123"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 3, "args": {"name": "python"}},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "convolution.1", "ts": 0, "dur": 600.0},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "convolution.1", "ts": 700, "dur": 300.0},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "fusion.2", "ts": 1000, "dur": 500.0},
+        {"ph": "X", "pid": 2, "tid": 3, "name": "PjitFunction(step)", "ts": 0, "dur": 100.0},
+        {"ph": "i", "pid": 2, "tid": 3, "name": "an instant, no duration", "ts": 5},
+    ]
+    folder = tmp_path / "plugins" / "profile" / "2026_12_01_00_00_00"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / trace.TRACE_FILE, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    summary = trace.summarise(trace.latest_trace(tmp_path), top=2)
+    assert summary["total_ms"] == 1.5  # 600 + 300 + 500 + 100 µs
+    assert [(r["where"], r["operation"], r["total_ms"], r["calls"]) for r in summary["rows"]] == [
+        ("/device:GPU:0 Stream", "convolution.1", 0.9, 2), ("/device:GPU:0 Stream", "fusion.2", 0.5, 1)]
+    assert summary["rows"][0]["share"] == 0.6
+    assert "| /device:GPU:0 Stream | convolution.1 | 0.90 | 2 | 60.0 % |" in trace.table(summary)
+    with pytest.raises(trace.TraceError, match="no perfetto_trace.json.gz under"):
+        trace.latest_trace(tmp_path / "plugins" / "nothing")
+    (folder / trace.TRACE_FILE).write_bytes(b"not gzip")
+    with pytest.raises(trace.TraceError, match="not a readable Perfetto JSON trace"):
+        trace.summarise(folder / trace.TRACE_FILE)
+
+
+def test_a_bad_config_is_a_usage_error_before_any_benchmark(bench_cli, capsys):
+    from absl.testing import flagsaver
+
+    with flagsaver.flagsaver(config=tiny_config(model="inception_v3")), pytest.raises(SystemExit) as e:
+        bench_cli.main(["bench", "train"])
+    assert e.value.code == 2
+    assert "guidance_weight 1.0 with model inception_v3" in capsys.readouterr().err

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import fakes
-from fundax import evaluation, loop, report
+from fundax import evaluation, loop, reporting
 from fundax.data import synthetic
+from fundax import models
+from fundax import workdir as run_folders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"finding", "split", "checkpoint_step", "auroc", "auroc_ci95", "threshold", "sensitivity",
@@ -69,35 +71,34 @@ def test_per_example_csv_and_outputs_agree(runs):
 def test_checkpoint_choice_and_errors(runs, tmp_path):
     _, workdirs, _ = runs
     work = workdirs["with"]
-    from fundax import checkpoints
 
-    ckpts = checkpoints.Checkpoints(work, read_only=True)
-    assert evaluation.resolve_step(ckpts, "latest") == 4
-    assert evaluation.resolve_step(ckpts, "best") in (2, 4)
-    with pytest.raises(evaluation.EvaluationError, match=r"no checkpoint '999'.*steps \[2, 4\]"):
-        evaluation.resolve_step(ckpts, "999")
+    ckpts = run_folders.Workdir(work).checkpoints(read_only=True)
+    assert run_folders.resolve_step(ckpts, "latest") == 4
+    assert run_folders.resolve_step(ckpts, "best") in (2, 4)
+    with pytest.raises(run_folders.NotAWorkdirError, match=r"no checkpoint '999'.*steps \[2, 4\]"):
+        run_folders.resolve_step(ckpts, "999")
     ckpts.close()
-    with pytest.raises(evaluation.EvaluationError, match="does not exist"):
+    with pytest.raises(run_folders.NotAWorkdirError, match="does not exist"):
         evaluation.evaluate(tmp_path / "nothing")
-    with pytest.raises(evaluation.EvaluationError, match="not a fundax workdir"):
+    with pytest.raises(run_folders.NotAWorkdirError, match="not a fundax workdir"):
         evaluation.evaluate(tmp_path)
     (tmp_path / "config.json").write_text((work / "config.json").read_text())
-    with pytest.raises(evaluation.EvaluationError, match="no checkpoints in"):
+    with pytest.raises(run_folders.NotAWorkdirError, match="no checkpoints in"):
         evaluation.evaluate(tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_pointing_game_and_lesion_share_from_the_prepared_lesion_masks(runs):
-    from fundax import metrics, trainer
+    from fundax import metrics
     from fundax.data import pipeline
 
     prepared, workdirs, results = runs
     eval_dir = workdirs["with"] / "eval"
     outputs = dict(np.load(eval_dir / "test_outputs.npz"))
     result = results["with"]
-    config = evaluation.load_config(workdirs["with"])
+    config = run_folders.load_config(workdirs["with"])
     source = pipeline.open_split(config.dataset, config.data_dir, "test", decode_images=False)
-    grid = trainer.activation_grid(config)
+    grid = models.activation_grid(config)
     assert (grid.size, grid.stride_px, grid.offset_px) == (2, 16.0, 8.0)  # docs/REGIONS.md: (j + 0.5) * 32 / 2
     bit = 1 << 5  # macular_hole
     hits, shares, tp_hits = [], [], []
@@ -129,24 +130,24 @@ def test_pointing_game_and_lesion_share_from_the_prepared_lesion_masks(runs):
 
 def test_report_table_delong_and_figure3(runs, tmp_path):
     _, workdirs, results = runs
-    loaded = [report.load_run(w, "test") for w in workdirs.values()]
+    loaded = [reporting.load_run(w, "test") for w in workdirs.values()]
     assert [r.model for r in loaded] == ["With", "Without"]
-    rows = report.table1(loaded)
+    rows = reporting.table1(loaded)
     assert [r["finding"] for r in rows] == ["macular_hole"]
     assert rows[0]["auroc/With"] == pytest.approx(results["with"]["auroc"])
-    markdown = report.table1_markdown(rows)
+    markdown = reporting.table1_markdown(rows)
     assert markdown.splitlines()[0] == ("| Findings | AUROC With | AUROC Without | AIR (TP) With | AIR (TP) Without "
                                         "| AIR (FN) With | AIR (FN) Without |")
     assert "| Macular Hole |" in markdown and "**" in markdown
-    pairs = report.delong_pairs(loaded, "test")
+    pairs = reporting.delong_pairs(loaded, "test")
     assert len(pairs) == 1 and pairs[0]["n_examples"] == results["with"]["n_positive"] + results["with"]["n_negative"]
     assert pairs[0]["p_value"] is None or 0 <= pairs[0]["p_value"] <= 1
-    panels = report.figure3(loaded, "test", tmp_path, None, 2)
+    panels = reporting.figure3(loaded, "test", tmp_path, None, 2)
     positives_found = results["with"]["threshold"] is not None
     assert len(panels) <= 1 and (not panels or panels[0].exists())
     assert positives_found or not panels
-    with pytest.raises(report.ReportError, match="no validation evaluation: run python -m fundax.evaluate"):
-        report.load_run(workdirs["with"], "validation")
+    with pytest.raises(reporting.ReportError, match="no validation evaluation: run python -m fundax.evaluate"):
+        reporting.load_run(workdirs["with"], "validation")
 
 
 def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
@@ -174,16 +175,16 @@ def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
 def test_table1_gives_mean_and_sd_over_seeds_and_inception_air():
     def run(model, guidance_weight, auroc, air_tp):
         config = {"finding": "rnfl_defect", "model": model, "guidance_weight": guidance_weight}
-        return report.Run(pathlib.Path("unused"), config, {"auroc": auroc, "air_tp": air_tp, "air_fn": None})
+        return reporting.Run(pathlib.Path("unused"), config, {"auroc": auroc, "air_tp": air_tp, "air_fn": None})
 
     runs = [run("guided_cnn", 1.0, 0.9, 0.7), run("guided_cnn", 1.0, 0.8, 0.5), run("guided_cnn", 0.0, 0.85, 0.4),
             run("inception_v3", 0.0, 0.95, 0.3)]
     assert [r.model for r in runs] == ["With", "With", "Without", "Inception-v3"]
-    (row,) = report.table1(runs)
+    (row,) = reporting.table1(runs)
     assert row["auroc/With"] == pytest.approx(0.85) and row["auroc/With/n"] == 2
     assert row["auroc/With/sd"] == pytest.approx(0.05 * 2**0.5)  # sample sd of 0.9 and 0.8
     assert row["auroc/Without/sd"] is None and row["air_fn/With"] is None
-    markdown = report.table1_markdown([row])
+    markdown = reporting.table1_markdown([row])
     assert markdown.splitlines()[2] == (
         "| RNFL Defect | **0.9500** | 0.8500 ± 0.0707 (n=2) | 0.8500 | 0.3000 | **0.6000 ± 0.1414 (n=2)** | 0.4000 "
         "| – | – | – |")

@@ -13,10 +13,12 @@ import pytest
 from scipy.special import expit
 
 import fakes
-from fundax import loop, trainer
+from fundax import trainer
 from fundax.models import InceptionV3
 from fundax.models.inception_v3 import activation_map_size, receptive_field_grid
 from fundax.regions import CellGrid
+from fundax import configs
+from fundax import models
 
 
 def _count(tree) -> int:
@@ -162,13 +164,13 @@ def test_training_loss_adds_the_auxiliary_bce_with_its_weight():
 ])
 def test_model_config_errors_name_the_key(overrides, message):
     with pytest.raises(ValueError, match="bad config: ") as error:
-        loop.check_config(fakes.tiny_config(**overrides), 1)
+        configs.validate(fakes.tiny_config(**overrides), 1)
     assert message in str(error.value) and "\n" not in str(error.value)
-    loop.check_config(fakes.tiny_config(model="inception_v3", guidance_weight=0.0, image_size=80), 1)
+    configs.validate(fakes.tiny_config(model="inception_v3", guidance_weight=0.0, image_size=80), 1)
 
 
 def test_a_config_with_a_model_section_is_refused_in_one_line():
     # A config.json from before config.model named the model: a section of widths there.
     config = ml_collections.ConfigDict({**fakes.tiny_config().to_dict(), "model": {"stem_width": 4}})
     with pytest.raises(ValueError, match=r"^model must be one of 'guided_cnn', 'inception_v3', got a ConfigDict$"):
-        trainer.create_model(config)
+        models.create_model(config)

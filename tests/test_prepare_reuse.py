@@ -45,7 +45,7 @@ def test_edited_annotations_are_refused_not_reused(manual):
         for grader in line["annotations"]:
             grader["findings"] = {}
     (root / "annotations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with pytest.raises(ValueError, match=r"out of date: annotations\.jsonl .* changed.*pass --overwrite"):
+    with pytest.raises(ValueError, match=r"out of date: annotations\.jsonl .* changed.*fundax.prepare --overwrite"):
         _again(root, data_dir)
     rebuilt = _again(root, data_dir, overwrite=True)
     assert not rebuilt.reused
@@ -59,13 +59,13 @@ def test_a_changed_photograph_is_refused(manual):
     _photo(path, shade=120)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    with pytest.raises(ValueError, match=r"photographs or lesion masks .* changed.*pass --overwrite"):
+    with pytest.raises(ValueError, match=r"photographs or lesion masks .* changed.*fundax.prepare --overwrite"):
         _again(root, data_dir)
 
 
 def test_other_max_pixels_is_refused(manual):
     root, data_dir, _ = manual
-    with pytest.raises(ValueError, match=r"prepared with max_pixels 50000000, not 4000.*pass --overwrite"):
+    with pytest.raises(ValueError, match=r"prepared with max_pixels 50000000, not 4000.*fundax.prepare --overwrite"):
         _again(root, data_dir, max_pixels=4000)
 
 
@@ -85,6 +85,6 @@ def test_synthetic_fingerprint_is_the_generator_settings(tmp_path):
     assert set(first.metadata["inputs"]) == {"generator_sha256"}
     assert prepare.prepare("synthetic", tmp_path, image_size_px=32, synthetic_config=config,
                            show_progress=False).reused
-    with pytest.raises(ValueError, match=r"prepared with synthetic\.seed 0, not 1.*pass --overwrite"):
+    with pytest.raises(ValueError, match=r"prepared with synthetic\.seed 0, not 1.*fundax.prepare --overwrite"):
         prepare.prepare("synthetic", tmp_path, image_size_px=32, show_progress=False,
                         synthetic_config=synthetic.SyntheticConfig(num_train=2, num_test=1, height_px=64, seed=1))

@@ -1,8 +1,5 @@
 """The 8-region geometry of REGIONS.md: example points, symmetries, numpy/jax agreement, masks."""
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -152,17 +149,3 @@ def test_bad_inputs():
         regions.region_map(4, 4, (1, np.nan), (2, 1))
     with pytest.raises(regions.RegionError, match=r"\(x, y\) pairs"):
         regions.region_map(4, 4, (1, 1, 1), (2, 1))
-
-
-def test_demo_picture(tmp_path):
-    out = tmp_path / "regions.png"
-    done = subprocess.run([sys.executable, "-m", "fundax.regions", "--demo", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    from PIL import Image
-
-    with Image.open(out) as picture:
-        assert picture.size[0] > 300 and picture.mode in ("RGB", "RGBA")
-    bad = subprocess.run([sys.executable, "-m", "fundax.regions", "--demo", str(out), "--image", str(out)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "--image needs --disc and --fovea" in bad.stderr

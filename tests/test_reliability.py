@@ -18,6 +18,7 @@ import pytest
 
 import fakes
 from fundax import checkpoints, loop, reliability
+from fundax import workdir as workdirs
 from fundax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_sigterm_saves_and_exits_with_143_then_resumes(prepared_dir, tmp_path):
     assert code == 143, err[-3000:]
     stopped = int(err.split("stopped by SIGTERM at step ")[1].split()[0].rstrip(":;"))
     assert stopped >= 5 and "run the same command" in err
-    ckpts = checkpoints.Checkpoints(work, read_only=True)
+    ckpts = workdirs.Workdir(work).checkpoints(read_only=True)
     assert ckpts.latest_step() == stopped
     ckpts.close()
     assert _last_logged_step(work) == stopped
@@ -147,7 +148,7 @@ def test_nonfinite_step_stops_and_keeps_the_last_good_checkpoint(prepared_dir, t
                         _saving_without_iterator(checkpoints.Checkpoints.save))
     with pytest.raises(reliability.NonFiniteError, match=r"at step 3; .*last good checkpoint is step 2"):
         loop.train_and_evaluate(_config(prepared_dir), tmp_path, prepared_dir, show_progress=False)
-    ckpts = checkpoints.Checkpoints(tmp_path, read_only=True)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(read_only=True)
     assert ckpts.all_steps() == [2]
     ckpts.close()
 
@@ -216,23 +217,23 @@ def test_a_checkpoint_of_another_layout_is_refused_and_left_in_place(prepared_di
 
 
 def test_busy_workdir_is_refused(prepared_dir, tmp_path):
-    with reliability.WorkdirLock(tmp_path):
+    with workdirs.lock(tmp_path):
         with pytest.raises(reliability.WorkdirError, match=r"in use by another training \(pid \d+ on "):
             _train_steps(prepared_dir, tmp_path, 2)
     _train_steps(prepared_dir, tmp_path, 2)  # free again once released
 
 
 def test_a_second_lock_on_a_workdir_is_refused_at_once_and_names_the_holder(tmp_path):
-    with reliability.WorkdirLock(tmp_path):
+    with workdirs.lock(tmp_path):
         for _ in range(2):  # a refused attempt leaves the holder's lock in place
             started = time.monotonic()
             with pytest.raises(reliability.WorkdirError, match=rf"in use by another training \(pid {os.getpid()} on "):
-                with reliability.WorkdirLock(tmp_path):
+                with workdirs.lock(tmp_path):
                     pass
             assert time.monotonic() - started < 1  # refused, not waited for
-    with reliability.WorkdirLock(tmp_path / "run"):  # a workdir not there yet is made
+    with workdirs.lock(tmp_path / "run"):  # a workdir not there yet is made
         pass
-    with reliability.WorkdirLock(tmp_path):  # free again once released
+    with workdirs.lock(tmp_path):  # free again once released
         pass
     assert "fcntl" not in reliability.__dict__
 
@@ -260,7 +261,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_good_one(prepared_dir, tmp
     with pytest.raises(checkpoints.CheckpointWriteError, match="step 4 failed .*No space left.*step 2, is kept"):
         _train_steps(prepared_dir, tmp_path, 4)
     monkeypatch.undo()
-    ckpts = checkpoints.Checkpoints(tmp_path, read_only=True)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(read_only=True)
     assert ckpts.all_steps() == [2]
     ckpts.close()
     assert _train_steps(prepared_dir, tmp_path, 4)["step"] == 4  # resumes from 2 once there is room

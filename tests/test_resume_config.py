@@ -6,6 +6,7 @@ import pytest
 
 import fakes
 from fundax import configs, loop
+from fundax import workdir as workdirs
 from fundax.configs import default
 
 
@@ -76,10 +77,15 @@ def test_refusal_names_every_key_and_the_way_out(tmp_path):
 
 
 def test_a_damaged_config_json_is_named(tmp_path):
+    from fundax import workdir as workdirs
+
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(loop.ConfigChangeError, match="config.json is not the JSON"):
-        loop.saved_config(tmp_path)
-    assert loop.saved_config(tmp_path / "absent") is None
+    with pytest.raises(workdirs.NotAWorkdirError, match="config.json is not the JSON fundax writes"):
+        workdirs.saved_config(tmp_path)
+    assert workdirs.saved_config(tmp_path / "absent") is None
+    # Training refuses to resume on top of it, saying so.
+    with pytest.raises(loop.ConfigChangeError, match="config.json is not the JSON fundax writes.*to resume"):
+        loop.train_and_evaluate(fakes.tiny_config(), tmp_path, tmp_path / "no_data", show_progress=False)
 
 
 def _tiny(data_dir, steps, guidance_weight=1.0):
@@ -105,7 +111,7 @@ def test_resume_unguided_is_refused_then_recorded_when_allowed(tiny_dataset, tmp
     record = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
     assert [(r["step"], r["changes"]) for r in record] == [(2, {"guidance_weight": [1.0, 0.0]})]
     # config.json now says what the run is from here on, so the next resume compares with it.
-    saved = json.loads((tmp_path / "config.json").read_text())
+    saved = workdirs.saved_config(tmp_path)
     assert saved["guidance_weight"] == 0.0 and configs.resume_changes(saved, _tiny(data_dir, 6, 0.0)) == {}
     notes = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(n["step"], n["split"]) for n in notes if n["split"] == "config_change"] == [(2, "config_change")]

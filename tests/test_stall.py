@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import fakes
-from fundax import stall, trainer
+from fundax.loop import LoopState
+from fundax import stall
+from fundax import workdir as workdirs
 
 
 def _outputs(probability, label, weight=None):
@@ -42,11 +44,11 @@ def test_at_floor_needs_both_the_bce_and_the_positives():
 
 def test_loop_state_counts_evaluations_at_the_floor_in_a_row():
     config = fakes.tiny_config(stall_patience=2)
-    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.1)
+    loop = LoopState("macular_hole", "guided_cnn", 0.1)
     assert [loop.observe_floor(f, config) for f in (True, False, True, True, True)] == [
         False, False, False, True, True]
     assert loop.evals_at_floor == 3
-    assert trainer.LoopState.from_json(loop.as_json(config)).evals_at_floor == 3  # survives a resume
+    assert LoopState.from_json(loop.as_json(config)).evals_at_floor == 3  # survives a resume
 
 
 def _run(tmp_path, tiny_dataset, name, **overrides):
@@ -108,8 +110,7 @@ def test_the_guidance_ramp_starts_at_the_delay_when_the_gate_stays_shut(tmp_path
     # Only evaluations after the ramp (step 5 on) may be the best: 6 and 8 of 2, 4, 6, 8.
     validation = {e["step"] for e in entries if e["split"] == "validation"}
     assert validation == {2, 4, 6, 8}
-    from fundax import checkpoints
 
-    ckpts = checkpoints.Checkpoints(tmp_path / "gated", read_only=True)
+    ckpts = workdirs.Workdir(tmp_path / "gated").checkpoints(read_only=True)
     assert ckpts.best_step() in (6, 8)
     ckpts.close()

@@ -329,3 +329,20 @@ def test_demo_eye_is_a_right_eye_with_its_findings():
     assert eye.disc_xy[0] > eye.fovea_xy[0]
     assert set(eye.findings) == {"macular_hole", "drusen", "rnfl_defect", "hemorrhage"}
     assert all(entry["findings"] == {k: list(v) for k, v in eye.findings.items()} for entry in eye.annotations)
+
+
+def test_prevalence_from_a_config_string():
+    from fundax.configs import default
+
+    assert synthetic.parse_prevalence("") is None
+    assert synthetic.parse_prevalence("macular_hole=0.5, drusen=0.25") == {"macular_hole": 0.5, "drusen": 0.25}
+    for bad in ("macular_hole", "macular_hole=half", "=0.5x"):
+        with pytest.raises(ValueError, match="is not FINDING=P"):
+            synthetic.parse_prevalence(bad)
+    section = default.get_config().synthetic
+    section.prevalence, section.height_px = "macular_hole=0.5", 64
+    made = synthetic.from_config(section)
+    assert made.prevalence == {"macular_hole": 0.5} and made.height_px == 64 and made.num_train == section.num_train
+    section.prevalence = "glaucoma=0.5"
+    with pytest.raises(ValueError, match="unknown finding 'glaucoma'"):
+        synthetic.from_config(section)

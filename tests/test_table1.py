@@ -87,11 +87,44 @@ def test_dry_run_prints_the_plan_and_marks_finished_runs(tmp_path, capsys):
     (["--set-unguided=model=inception_v3"], "--set-unguided model: the variant sets it"),
     (["--config=no/such/config.py"], "--config no/such/config.py: no such file"),
 ])
-def test_bad_inputs_are_one_line_errors(tmp_path, capsys, args, message):
-    assert table1.main([f"--root={tmp_path}", "--dry-run", *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+def test_bad_inputs_are_one_line_usage_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        table1.main([f"--root={tmp_path}", "--dry-run", *args])
+    lines = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(lines) == 2 and lines[0].startswith(f"error: {message}"), lines
+    assert lines[1] == "(see python experiments/table1.py --help)"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run"], "missing required flag --root"),
+    (["--root=grid", "--seed=1"], "unknown flag --seed"),
+    (["--root=grid", "--dry_run=maybe"], "bad flag --dry_run=maybe"),
+    (["--root=grid", "--set-resnet=depth=50"], "unknown flag --set-resnet"),
+    (["--root=grid", "macular_hole"], "unexpected arguments: macular_hole"),
+])
+def test_bad_flags_are_one_line_usage_errors_naming_the_flag(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        table1.main(args)
+    lines = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and lines[0].startswith(f"error: {message}") and len(lines) == 2, lines
+
+
+def test_calls_start_from_the_defaults(tmp_path):
+    flags = table1.parse_args([f"--root={tmp_path}", "--seeds=3", "--set=a=1", "--set-guided", "b=2", "--dry_run"])
+    assert (flags.seeds, flags["set"].value, flags["set-guided"].value, flags.dry_run) == ("3", ["a=1"], ["b=2"], True)
+    flags = table1.parse_args([f"--root={tmp_path}"])
+    assert (flags.seeds, flags["set"].value, flags["set-guided"].value, flags.dry_run) == ("0", [], [], False)
+
+
+def test_help_lists_the_flags_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as e:
+        table1.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("The paper's Table 1 on any prepared dataset")
+    for flag in ("--root", "--data_dir", "--config", "--findings", "--variants", "--seeds", "--split", "--set",
+                 "--set-guided", "--set-unguided", "--set-inception_v3", "--[no]dry_run"):
+        assert f"\n  {flag}: " in out, flag
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +191,7 @@ def test_a_finished_grid_is_skipped_and_reported(grid, capsys):
 @pytest.mark.slow
 def test_the_report_gives_localisation_on_the_lesion_and_the_stall_verdict_per_run(grid):
     root, data = grid
-    markdown = table1.write_report(table1.plan(table1.parser().parse_args(
+    markdown = table1.write_report(table1.plan(table1.parse_args(
         [f"--root={root}", f"--data_dir={data}", "--findings=macular_hole"])), root, "test")
     lines = markdown.splitlines()
     section = lines.index("## On the lesion itself (photographs with lesion masks)")

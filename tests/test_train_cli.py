@@ -85,17 +85,18 @@ def test_workdir_of_another_finding_is_refused(trained):
 def test_one_line_errors(tmp_path, trained):
     _, _, data, _ = trained
     unknown = _run("fundax.train", "--finding=glaucoma", f"--workdir={tmp_path}/w", f"--data_dir={data}", *TINY)
-    assert unknown.returncode == 1 and "error: unknown finding 'glaucoma'; valid findings are:" in unknown.stderr
+    # A bad flag or config value is a usage error (exit 2, one line); a dataset that is not there, a failure (1).
+    assert unknown.returncode == 2 and "unknown finding 'glaucoma'; valid findings are:" in unknown.stderr
     bad_key = _run("fundax.train", "--finding=drusen", f"--workdir={tmp_path}/w", *TINY, "--config.no_such_key=1")
-    assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
+    assert bad_key.returncode == 2 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
     bad_type = _run("fundax.train", "--finding=drusen", f"--workdir={tmp_path}/w", *TINY, "--config.batch_size=big")
-    assert bad_type.returncode != 0 and "batch_size" in bad_type.stderr and "Traceback" not in bad_type.stderr
+    assert bad_type.returncode == 2 and "batch_size" in bad_type.stderr and "Traceback" not in bad_type.stderr
     no_split = _run("fundax.train", "--finding=drusen", f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d",
                     *TINY, "--dataset=fundus_findings/manual")
     assert no_split.returncode == 1 and "not prepared" in no_split.stderr and "Traceback" not in no_split.stderr
     bad_value = _run("fundax.train", "--finding=drusen", f"--workdir={tmp_path}/w", f"--data_dir={data}", *TINY,
                      "--config.batch_size=7")
-    assert bad_value.returncode == 1 and "batch_size 7 must be a positive multiple of the 2 devices" in bad_value.stderr
+    assert bad_value.returncode == 2 and "batch_size 7 must be a positive multiple of the 2 devices" in bad_value.stderr
 
 
 @pytest.mark.slow

@@ -10,15 +10,23 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fakes
+from fundax.loop import LoopState
 from fundax import checkpoints, stall, trainer
 from fundax.data import pipeline
+from fundax import configs
+from fundax import evaluation
+from fundax import metrics
+from fundax import models
+from fundax import optimizer
+from fundax import parallel
+from fundax import workdir as workdirs
 
 
 def _setup(config, num_devices):
-    mesh = trainer.make_mesh(jax.devices()[:num_devices])
-    model = trainer.create_model(config)
-    tx = trainer.make_optimizer(config)
-    return mesh, model, tx, NamedSharding(mesh, P(trainer.AXIS))
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    model = models.create_model(config)
+    tx = optimizer.make_optimizer(config)
+    return mesh, model, tx, NamedSharding(mesh, P(parallel.AXIS))
 
 
 def _train(config, num_devices, source, steps):
@@ -72,7 +80,7 @@ def test_eval_step_air_terms_and_padding():
     state = trainer.create_train_state(model, tx, config, mesh)
     source = fakes.records(13)
     example = pipeline.FindingExample("macular_hole", 2)
-    out = trainer.gather_eval(trainer.make_eval_step(model, config, mesh), state,
+    out = evaluation.gather_eval(trainer.make_eval_step(model, config, mesh), state,
                               pipeline.eval_batches(source, example, global_batch=8), sharding)
     # 13 records in 2 padded batches of 8: every record once, the 3 pads dropped.
     np.testing.assert_array_equal(out["record_index"], np.arange(13))
@@ -95,7 +103,7 @@ def test_validation_metrics_by_hand():
         "bce": np.array([0.1, 0.2, 5.0, 0.3]),
         "guidance": np.array([-1.0, -2.0, -9.0, -3.0]),
     }
-    m = trainer.validation_metrics(outputs, guidance_weight=0.5, epsilon=1e-3)
+    m = metrics.validation_metrics(outputs, guidance_weight=0.5, epsilon=1e-3)
     assert m["val_bce"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3, the weight-0 row left out
     # One scored positive in three, predicted 0.9: not at the floor.
     assert m["val_floor_bce"] == pytest.approx(stall.floor_bce(1 / 3, 1e-3)) and m["val_positives_at_floor"] == 0
@@ -108,7 +116,7 @@ def test_validation_metrics_by_hand():
 def test_plateau_schedule_and_early_stopping():
     config = fakes.tiny_config(learning_rate=0.1, lr_plateau_patience=2, lr_plateau_factor=0.5,
                                early_stopping_patience=3, min_learning_rate=0.03)
-    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.1)
+    loop = LoopState("macular_hole", "guided_cnn", 0.1)
     assert loop.observe(10, 1.0, config) and loop.best_step == 10
     assert not loop.observe(20, 1.5, config) and loop.learning_rate == 0.1
     assert not loop.observe(30, 1.2, config) and loop.learning_rate == 0.05  # 2 evals without gain
@@ -118,16 +126,16 @@ def test_plateau_schedule_and_early_stopping():
     loop.observe(60, 0.6, config)
     loop.observe(70, 0.6, config)
     assert loop.learning_rate == 0.03  # 0.025 floored at min_learning_rate
-    assert trainer.LoopState.from_json(loop.as_json(config)) == loop
+    assert LoopState.from_json(loop.as_json(config)) == loop
 
 
 def test_set_learning_rate_changes_the_update():
     config = fakes.tiny_config()
     mesh, model, tx, _ = _setup(config, 1)
     state = trainer.create_train_state(model, tx, config, mesh)
-    assert trainer.learning_rate(state, config) == pytest.approx(config.learning_rate)
-    state = trainer.set_learning_rate(state, 0.001)
-    assert trainer.learning_rate(state, config) == pytest.approx(0.001)
+    assert optimizer.learning_rate(state, config) == pytest.approx(config.learning_rate)
+    state = optimizer.set_learning_rate(state, 0.001)
+    assert optimizer.learning_rate(state, config) == pytest.approx(0.001)
 
 
 def test_resume_continues_with_saved_optimizer_and_iterator_state(tmp_path):
@@ -148,12 +156,12 @@ def test_resume_continues_with_saved_optimizer_and_iterator_state(tmp_path):
     state, data = trainer.create_train_state(model, tx, config, mesh), stream()
     for _ in range(3):
         state, _ = step(state, pipeline.to_global(next(data), sharding))
-    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
-    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(keep=2)
+    loop = LoopState("macular_hole", "guided_cnn", 0.01)
     ckpts.save(3, state, loop.as_json(config), data)
     ckpts.close()
 
-    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(keep=2)
     assert ckpts.latest_step() == 3
     fresh = stream()
     restored, loop_json = ckpts.restore(3, trainer.abstract_train_state(model, tx, config, mesh), fresh)
@@ -178,8 +186,8 @@ def test_best_checkpoint_kept_beside_the_latest(tmp_path):
     config = fakes.tiny_config()
     mesh, model, tx, _ = _setup(config, 1)
     state = trainer.create_train_state(model, tx, config, mesh)
-    ckpts = checkpoints.Checkpoints(tmp_path, keep=2)
-    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(keep=2)
+    loop = LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
     for step, val_loss in ((1, 0.9), (2, 0.3), (3, 0.5), (4, 0.7), (5, 0.8)):
         ckpts.save(step, state, loop, metrics={"val_loss": val_loss})
     ckpts.manager.wait_until_finished()
@@ -189,16 +197,15 @@ def test_best_checkpoint_kept_beside_the_latest(tmp_path):
 
 
 def test_bad_schedule_settings_are_named():
-    from fundax import loop
 
     config = fakes.tiny_config(lr_plateau_patience=0, lr_plateau_factor=1.5, min_learning_rate=1.0)
     with pytest.raises(ValueError) as error:
-        loop.check_config(config, 1)
+        configs.validate(config, 1)
     message = str(error.value)
     assert "lr_plateau_patience must be at least 1, got 0" in message
     assert "lr_plateau_factor must lie in (0, 1], got 1.5" in message
     assert "min_learning_rate must lie in [0, learning_rate], got 1.0" in message
-    loop.check_config(fakes.tiny_config(), 8)
+    configs.validate(fakes.tiny_config(), 8)
 
 
 def test_guidance_warm_up_schedule_by_hand():
@@ -217,11 +224,11 @@ def test_guidance_warm_up_schedule_by_hand():
 
 
 def test_learning_rate_warm_up_scales_the_first_updates():
-    assert [float(trainer.warmup_factor(c, 4)) for c in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert float(trainer.warmup_factor(0, 0)) == 1.0
+    assert [float(optimizer.warmup_factor(c, 4)) for c in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert float(optimizer.warmup_factor(0, 0)) == 1.0
     # One SGD step (no momentum history yet) moves every parameter by lr * factor * gradient.
     config = fakes.tiny_config(learning_rate=0.1, warmup_steps=4, momentum=0.0)
-    tx = trainer.make_optimizer(config)
+    tx = optimizer.make_optimizer(config)
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     grads = {"w": jnp.array([1.0, 2.0, -1.0])}
@@ -244,8 +251,8 @@ def test_the_selection_metric_picks_the_kept_best_checkpoint(tmp_path, metric, b
     config = fakes.tiny_config()
     mesh, model, tx, _ = _setup(config, 1)
     state = trainer.create_train_state(model, tx, config, mesh)
-    ckpts = checkpoints.Checkpoints(tmp_path, keep=1, selection_metric=metric)
-    loop = trainer.LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(keep=1, selection_metric=metric)
+    loop = LoopState("macular_hole", "guided_cnn", 0.01).as_json(config)
     # Lowest total at 2, lowest BCE at 3, highest AUROC at 4; step 5 is the latest.
     for step, (total, bce, auroc) in enumerate([(-4.0, 1.7, 0.5), (-4.6, 0.9, 0.7), (-4.2, 0.2, 0.8),
                                                 (-4.1, 0.3, 0.95), (-3.0, 0.9, 0.6)], start=1):
@@ -266,12 +273,11 @@ def test_selection_score_is_lower_for_better_and_names_an_undefined_metric():
 
 
 def test_bad_guidance_settings_are_named():
-    from fundax import loop
 
     config = fakes.tiny_config(guidance_start_bce=1.5, guidance_delay_steps=-1, guidance_ramp_steps=9,
                                warmup_steps=-2, guidance_form="l1", selection_metric="auroc", stall_patience=0)
     with pytest.raises(ValueError) as error:
-        loop.check_config(config, 1)
+        configs.validate(config, 1)
     message = str(error.value)
     for part in ("guidance_delay_steps must be >= 0, got -1", "warmup_steps must be >= 0, got -2",
                  "guidance_start_bce must lie in [0, 1) (0: no gate), got 1.5",

@@ -1,7 +1,7 @@
-"""``python -m fundax.annotate``: see :mod:`fundax.annotate.cli`."""
+"""``python -m fundax.annotate``: the annotation tool's command line (:mod:`fundax.annotate.cli`)."""
 
-import sys
+from fundax import cli as fundax_cli
+from fundax.annotate import cli
 
-from fundax.annotate.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    fundax_cli.run(cli.command, flag_values=cli.FLAGS, usage=cli.USAGE)

@@ -12,7 +12,7 @@ target, locked there, and stays a link.
 Every other line, valid or not, is kept byte for byte. In the changed line the
 other graders' entries and any extra keys keep their values and key order (JSON
 whitespace may change). A line is only written if the dataset reader
-(:func:`fundax.data.annotations_lib.parse_line`) accepts it. The line of an image
+(:func:`fundax.data.annotations.parse_line`) accepts it. The line of an image
 is the one the reader keeps: the first line with its id that the reader accepts,
 else (a placeholder, say, with centres and no reading yet) the first with its id.
 """

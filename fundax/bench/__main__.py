@@ -6,6 +6,7 @@
     python -m fundax.bench eval  [same flags]
     python -m fundax.bench input --data_dir=DIR [--threads=1,2,4] [--batch_size=32] [--batches=20]
         [--stream=eval]
+    python -m fundax.bench trace --trace_dir=WORKDIR/profile [--top=20]
 
 ``train``: the full train step (on-device augmentation, forward, both losses,
 backward, update) on a batch kept on the device: ms/step, img/s, GFLOPs per image
@@ -17,7 +18,8 @@ the first step in a new process, cold and with a warm compilation cache;
 ``torch``: the same network, widths, losses, augmentation and optimiser in PyTorch
 (``pip install 'fundax[bench]'``), eager and ``torch.compile``, against fundax's step
 on one device with the same global batch, in the same run. ``eval``: evaluation img/s.
-``input``: the host pipeline by thread count.
+``input``: the host pipeline by thread count. ``trace``: where the time of train steps
+traced with ``--config.profile_steps`` went, by operation (:mod:`fundax.bench.trace`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import json
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from fundax import configs
+from fundax import cli, configs
 from fundax.bench.targets import (
     TARGET_AUGMENT_SHARE,
     TARGET_COMPILE_RATIO,
@@ -40,6 +42,7 @@ from fundax.bench.targets import (
 
 FLAGS = flags.FLAGS
 configs.define_config_flag("Model and step config (train, torch, eval).")
+flags.declare_key_flag("config")  # listed by --help with this module's own flags
 flags.DEFINE_integer("steps", 10, "Timed steps a run (train, torch, eval).")
 flags.DEFINE_integer("repeats", 5, "Timed runs; the median is reported.")
 flags.DEFINE_bool("first_step", False, "train: also time the first step in a new process, cold and warm.")
@@ -53,11 +56,17 @@ flags.DEFINE_integer("batches", 20, "input: timed batches a run.")
 flags.DEFINE_integer("warmup_batches", 2, "input: untimed batches first.")
 flags.DEFINE_enum("stream", "train", ["train", "eval"],
                   "input: the training stream (shuffled, endless) or evaluation's (every record once, in order).")
+flags.DEFINE_string("trace_dir", None, "trace: a run's profile folder (WORKDIR/profile).")
+flags.DEFINE_integer("top", 20, "trace: the operations listed.")
 flags.DEFINE_string("json_out", None, "Also write the results here as JSON.")
 flags.DEFINE_string("config_json", None, "first_step (internal): the config as JSON.")
 flags.DEFINE_string("cache_dir", None, "first_step (internal): the compilation cache.")
 
-COMMANDS = ("train", "torch", "eval", "input", "first_step")
+MODES = ("train", "torch", "eval", "input", "trace")
+"""The benchmarks ``python -m fundax.bench MODE`` runs."""
+
+COMMANDS = (*MODES, "first_step")
+"""The modes and the one ``--first_step`` runs in a new process of its own."""
 
 
 def _describe(config: Any, devices: int, backend: str) -> str:
@@ -159,7 +168,7 @@ def run_input() -> dict[str, Any]:
     from fundax.data import pipeline
 
     if not FLAGS.data_dir:
-        raise app.UsageError("input needs --data_dir, a prepared dataset")
+        raise cli.UsageError("input needs --data_dir, a prepared dataset")
     source = pipeline.open_split(FLAGS.dataset, FLAGS.data_dir, "train")
     size = source[0]["image"].shape[0]
     results = [input_throughput(source, FLAGS.finding, int(t), FLAGS.batch_size, FLAGS.batches,
@@ -189,24 +198,52 @@ def run_first_step() -> dict[str, Any]:
     return result
 
 
+def run_trace() -> int:
+    from fundax.bench import trace
+
+    if not FLAGS.trace_dir:
+        raise cli.UsageError("trace needs --trace_dir, the profile folder of a run traced with "
+                             "--config.profile_steps=START,N")
+    try:
+        summary = trace.summarise(trace.latest_trace(FLAGS.trace_dir), FLAGS.top)
+    except trace.TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(trace.table(summary))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in COMMANDS[:4] + ("first_step",):
-        raise app.UsageError(f"usage: python -m fundax.bench {{{','.join(COMMANDS[:4])}}} [flags]")
+    usage = f"python -m fundax.bench {{{','.join(MODES)}}} [flags]"
+    if len(argv) < 2:
+        raise cli.UsageError(f"give the benchmark to run: {usage}")
+    if len(argv) > 2:
+        raise cli.UsageError(f"give one benchmark, got {' '.join(argv[1:])}: {usage}")
     command = argv[1]
+    if command not in COMMANDS:
+        raise cli.UsageError(f"unknown benchmark {command!r}: {usage}")
     if FLAGS.steps < 1 or FLAGS.repeats < 1:
-        raise app.UsageError(f"--steps and --repeats must be >= 1, got {FLAGS.steps} and {FLAGS.repeats}")
+        raise cli.UsageError(f"--steps and --repeats must be >= 1, got {FLAGS.steps} and {FLAGS.repeats}")
     if command == "first_step":
         run_first_step()
         return 0
+    if command == "trace":
+        return run_trace()
     from fundax.bench import timing
     from fundax.data import pipeline
 
     try:
-        config = FLAGS.config
+        # Checked whole and locked, as training does; the mesh (all devices, or one) checks the batch.
+        config = configs.validate(FLAGS.config, 1)
         if command == "input":
             result = run_input()
         else:
             result = {"train": run_train, "torch": run_torch, "eval": run_eval}[command](config)
+    except configs.ConfigError as e:
+        cli.usage_exit(str(e))
     except (ValueError, pipeline.DatasetError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -219,4 +256,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=configs.parse_flags)
+    cli.run(main)

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import trainer
+from fundax import models, optimizer, parallel, trainer
 from fundax.bench import timing
 from fundax.data import pipeline
 
@@ -51,12 +51,12 @@ class Setup:
     def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None,
                  initial: trainer.TrainState | None = None):
         self.config = config
-        self.mesh = trainer.make_mesh(jax.local_devices() if devices is None else devices)
+        self.mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
         if config.batch_size % self.mesh.size:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.mesh.size} devices")
-        self.model = trainer.create_model(config)
-        self.tx = trainer.make_optimizer(config)
-        self.sharding = NamedSharding(self.mesh, P(trainer.AXIS))
+        self.model = models.create_model(config)
+        self.tx = optimizer.make_optimizer(config)
+        self.sharding = NamedSharding(self.mesh, P(parallel.AXIS))
         self.batch = pipeline.to_global(random_batch(config), self.sharding)
         self._train_steps: dict[bool, Any] = {}
         self._initial = initial
@@ -64,7 +64,7 @@ class Setup:
     def train_step(self, augment: bool = True) -> Any:
         """The compiled train step, with or without on-device augmentation; compiled once."""
         if augment not in self._train_steps:
-            config = self.config.copy_and_resolve_references()
+            config = ml_collections.ConfigDict(self.config.to_dict())  # the config may be locked
             config.augment.enabled = augment
             step = trainer.make_train_step(self.model, self.tx, config, self.mesh)
             self._train_steps[augment] = step.lower(self.fresh_state(), self.batch).compile()
@@ -203,8 +203,6 @@ def loader_throughput(setup: Setup, source: Any, *, steps: int, repeats: int) ->
 
 def first_step_seconds(config: ml_collections.ConfigDict, cache_dir: str) -> dict[str, float]:
     """In this process: build the state and run one train step with the cache in ``cache_dir``."""
-    from fundax import parallel
-
     parallel.enable_compilation_cache(cache_dir)
     start = time.perf_counter()
     setup = Setup(config)
@@ -219,13 +217,13 @@ def first_step_seconds(config: ml_collections.ConfigDict, cache_dir: str) -> dic
 def time_to_first_step(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """First train step in a new process, cold (empty compilation cache) and warm (the cache it filled)."""
     with tempfile.TemporaryDirectory(prefix="fundax_bench_cache_") as cache:
-        config_file = os.path.join(cache, "config.json")
+        config_file = os.path.join(cache, "bench_config.json")
         with open(config_file, "w") as f:
             f.write(config.to_json())
         runs = {}
         for name in ("cold", "warm"):
             done = subprocess.run([sys.executable, "-m", "fundax.bench", "first_step", f"--config_json={config_file}",
-                                   f"--cache_dir={os.path.join(cache, 'jax_cache')}"],
+                                   f"--cache_dir={os.path.join(cache, 'compilation_cache')}"],
                                   capture_output=True, text=True, check=False)
             if done.returncode:
                 raise RuntimeError(f"first-step run ({name}) failed: {done.stderr.strip()[-2000:]}")
@@ -247,7 +245,7 @@ def time_torch(setup: Setup, *, steps: int, repeats: int, compiled: bool, augmen
     torch.manual_seed(config.seed)
     model = tg.TorchGuidedCNN(setup.model).to(device).to(memory_format=torch.channels_last).train()
     host = random_batch(config)
-    size, grid = config.image_size, trainer.activation_grid(config)
+    size, grid = config.image_size, models.activation_grid(config)
     map_size = grid.size
     geometry = list(zip(host["disc"], host["fovea"], host["region_bits"], strict=True))
     full = np.stack([region_mask(size, size, d, f, int(b)) for d, f, b in geometry])

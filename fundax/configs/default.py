@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic.seed = 0
     config.synthetic.shortcut_finding = ""  # "" = no shortcut artifact
     config.synthetic.shortcut_strength = 0.9
+    config.synthetic.height_px = 320  # photograph height before prepare crops and resizes it
+    config.synthetic.prevalence = ""  # "FINDING=P,FINDING=P": per-finding prevalence; others 0.25
 
     # The guided CNN (§2.2): stride-2 stem, residual stages each closed by a reduction layer.
     config.guided_cnn = ml_collections.ConfigDict()
@@ -91,6 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # 0: at every evaluation; a stop signal always saves
     config.skip_nonfinite_steps = False  # True: skip (count, log) NaN/Inf steps instead of stopping
     config.seed = 0
+    # Fine-tuning: start from the parameters and BatchNorm statistics of another run of the same model,
+    # "WORKDIR" (its best checkpoint, else its latest), "WORKDIR:STEP" or "WORKDIR/checkpoints/STEP";
+    # the head is re-initialised where it cannot carry over, the optimiser starts fresh. "" = from scratch.
+    config.init_from = ""
+    # "START,N": a jax.profiler trace of N train steps from step START into WORKDIR/profile. "" = none.
+    config.profile_steps = ""
     # Compiled steps kept on disk so a restart skips compiling: "" = WORKDIR/jax_cache, "off" = none.
     config.compilation_cache_dir = ""
     return config

@@ -202,3 +202,21 @@ def eval_batches(
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Global arrays from this process's slice of a batch."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def dataset_fingerprint(dataset: str, data_dir: str | pathlib.Path) -> dict[str, Any]:
+    """What identifies a prepared dataset: name, version, split sizes, and a sha256 over how it was
+    prepared and from what (``prepare``'s parameters and input fingerprint in its metadata)."""
+    import hashlib
+    import json
+
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    metadata = dict(builder.info.metadata or {})
+    made = {key: metadata.get(key) for key in ("prepare", "inputs")}
+    return {
+        "name": dataset, "version": str(builder.version),
+        "sha256": hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest(),
+        "split_sizes": {name: info.num_examples for name, info in builder.info.splits.items()},
+    }

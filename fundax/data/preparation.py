@@ -153,8 +153,8 @@ def prepare(
             changes = _changes(existing, options.params(source),
                                fundus_findings.input_fingerprint(source, manual_dir, options), source_dir)
             if changes:
-                raise ValueError(f"{target} is out of date: {'; '.join(changes)}; pass --overwrite to prepare it "
-                                 "again, or use another --data_dir")
+                raise ValueError(f"{target} is out of date: {'; '.join(changes)}; prepare it again with python -m "
+                                 "fundax.prepare --overwrite, or use another --data_dir")
             builder = tfds.builder(f"{DATASET}/{source}", data_dir=data_dir)
             result = PrepareResult(target, existing, _split_sizes(builder), reused=True)
             _check_usable(result, strict)

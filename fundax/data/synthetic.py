@@ -37,7 +37,7 @@ import pathlib
 import sys
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -58,6 +58,34 @@ _DISC = np.array([0.98, 0.80, 0.48], np.float32)
 _CUP = np.array([1.0, 0.93, 0.72], np.float32)
 _VEIN_MUL = np.array([0.62, 0.38, 0.48], np.float32)
 _ARTERY_MUL = np.array([0.80, 0.56, 0.64], np.float32)
+
+
+def from_config(section: Any) -> SyntheticConfig:
+    """The generator settings a training config's ``synthetic`` section asks for; the others keep their defaults."""
+    return SyntheticConfig(
+        num_train=section.num_train, num_test=section.num_test, seed=section.seed,
+        shortcut_finding=section.shortcut_finding or None, shortcut_strength=section.shortcut_strength,
+        height_px=section.height_px, prevalence=parse_prevalence(section.prevalence))
+
+
+def parse_prevalence(text: str) -> dict[str, float] | None:
+    """``"macular_hole=0.5,drusen=0.3"`` -> ``{"macular_hole": 0.5, "drusen": 0.3}``; ``""`` -> None.
+
+    The form of ``config.synthetic.prevalence``; a malformed item is a ValueError naming it
+    (names and ranges are checked by :class:`SyntheticConfig`).
+    """
+    if not text:
+        return None
+    out = {}
+    for item in str(text).split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"synthetic.prevalence item {item!r} is not FINDING=P (e.g. macular_hole=0.5)")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

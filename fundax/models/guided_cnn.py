@@ -81,7 +81,7 @@ def receptive_field_grid(image_size_px: int) -> CellGrid:
 
     Through the four reductions of :data:`PAD_FIRST` cell j is centred at 16j + 8.5 on a
     side that is a multiple of 16: 0.5 px from the 16(j + 0.5) of the cue's grid
-    (:func:`fundax.trainer.activation_grid`). The average-pooled reductions 1-3 the head
+    (:func:`fundax.models.activation_grid`). The average-pooled reductions 1-3 the head
     concatenates are centred 0.5, 1.5 and 3.5 px before their cells; their receptive
     fields lie inside reduction 4's (87 px at the CPU widths, more at the paper's), and
     the atrous pyramid is symmetric, so a cell's whole receptive field is centred where
