@@ -1,9 +1,21 @@
 """Eight simulated CPU devices, so data-parallel code runs as on an accelerator host."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TFDS_DISABLE_PROGRESS_BAR", "1")
+
+# One compilation cache for the session, this process and the commands it starts: the tests
+# compile the same tiny train and eval steps again and again. (fundax.train points its own
+# runs at WORKDIR/jax_cache; the tests of the cache itself name theirs.)
+_CACHE = tempfile.mkdtemp(prefix="fundax_test_jax_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 import pytest  # noqa: E402

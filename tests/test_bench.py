@@ -321,6 +321,8 @@ def test_trace_summary_adds_up_events_by_where_and_operation(tmp_path):
         {"ph": "X", "pid": 1, "tid": 7, "name": "convolution.1", "ts": 700, "dur": 300.0},
         {"ph": "X", "pid": 1, "tid": 7, "name": "fusion.2", "ts": 1000, "dur": 500.0},
         {"ph": "X", "pid": 2, "tid": 3, "name": "PjitFunction(step)", "ts": 0, "dur": 100.0},
+        # Nested in the call above: counted once, as its own 40 µs, the call keeping 60.
+        {"ph": "X", "pid": 2, "tid": 3, "name": "$queues.py:98 get", "ts": 10, "dur": 40.0},
         {"ph": "i", "pid": 2, "tid": 3, "name": "an instant, no duration", "ts": 5},
     ]
     folder = tmp_path / "plugins" / "profile" / "2026_12_01_00_00_00"
@@ -328,11 +330,15 @@ def test_trace_summary_adds_up_events_by_where_and_operation(tmp_path):
     with gzip.open(folder / trace.TRACE_FILE, "wt") as f:
         json.dump({"traceEvents": events}, f)
     summary = trace.summarise(trace.latest_trace(tmp_path), top=2)
-    assert summary["total_ms"] == 1.5  # 600 + 300 + 500 + 100 µs
+    assert summary["total_ms"] == 1.5  # 600 + 300 + 500 + 60 + 40 µs of self time
+    assert summary["by_kind_ms"] == {"device": 1.4, "xla_cpu": 0.0, "waiting": 0.04, "host": 0.06}
     assert [(r["where"], r["operation"], r["total_ms"], r["calls"]) for r in summary["rows"]] == [
         ("/device:GPU:0 Stream", "convolution.1", 0.9, 2), ("/device:GPU:0 Stream", "fusion.2", 0.5, 1)]
     assert summary["rows"][0]["share"] == 0.6
-    assert "| /device:GPU:0 Stream | convolution.1 | 0.90 | 2 | 60.0 % |" in trace.table(summary)
+    assert "| /device:GPU:0 Stream | convolution.1 | device | 0.90 | 2 | 60.0 % |" in trace.table(summary)
+    rows = trace.summarise(trace.latest_trace(tmp_path), top=10)["rows"]
+    assert {(r["operation"], round(r["total_ms"], 3)) for r in rows if r["where"] == "/host:CPU python"} == {
+        ("PjitFunction(step)", 0.06), ("$queues.py:98 get", 0.04)}
     with pytest.raises(trace.TraceError, match="no perfetto_trace.json.gz under"):
         trace.latest_trace(tmp_path / "plugins" / "nothing")
     (folder / trace.TRACE_FILE).write_bytes(b"not gzip")

@@ -88,3 +88,21 @@ def test_synthetic_fingerprint_is_the_generator_settings(tmp_path):
     with pytest.raises(ValueError, match=r"prepared with synthetic\.seed 0, not 1.*fundax.prepare --overwrite"):
         prepare.prepare("synthetic", tmp_path, image_size_px=32, show_progress=False,
                         synthetic_config=synthetic.SyntheticConfig(num_train=2, num_test=1, height_px=64, seed=1))
+
+
+def test_a_synthetic_set_from_before_fingerprints_is_reused_while_its_settings_match(tmp_path):
+    config = synthetic.SyntheticConfig(num_train=2, num_test=1, height_px=64)
+    first = prepare.prepare("synthetic", tmp_path, image_size_px=32, synthetic_config=config, show_progress=False)
+    # As an older fundax wrote it: no input fingerprint, no max_pixels.
+    path = first.dataset_dir / "metadata.json"
+    metadata = json.loads(path.read_text())
+    del metadata["inputs"], metadata["prepare"]["max_pixels"]
+    path.write_text(json.dumps(metadata))
+    assert prepare.prepare("synthetic", tmp_path, image_size_px=32, synthetic_config=config,
+                           show_progress=False).reused
+    with pytest.raises(ValueError, match=r"prepared with synthetic\.seed 0, not 1"):
+        prepare.prepare("synthetic", tmp_path, image_size_px=32, show_progress=False,
+                        synthetic_config=synthetic.SyntheticConfig(num_train=2, num_test=1, height_px=64, seed=1))
+    with pytest.raises(ValueError, match=r"prepared with max_pixels \(not recorded\), not 1000"):
+        prepare.prepare("synthetic", tmp_path, image_size_px=32, synthetic_config=config, show_progress=False,
+                        max_pixels=1000)

@@ -77,6 +77,12 @@ def _changes(existing: dict[str, Any], params: dict[str, Any], inputs: dict[str,
     before, now = configs.flatten(existing.get("prepare") or {}), configs.flatten(params)
     keys = [*now, *(key for key in before if key not in now)]
     differing = [key for key in keys if before.get(key, _UNRECORDED) != now.get(key, _UNRECORDED)]
+    synthetic_before_fingerprints = source_dir is None and not existing.get("inputs")
+    if synthetic_before_fingerprints:
+        # A synthetic set prepared before inputs and max_pixels were recorded: its generator settings
+        # say what it is, and the generator's photographs are far below any pixel limit.
+        differing = [key for key in differing
+                     if not (key == "max_pixels" and key not in before and now[key] == images.DEFAULT_MAX_PIXELS)]
     changes = []
     if differing:
         changes.append("it was prepared with " + ", ".join(
@@ -86,7 +92,9 @@ def _changes(existing: dict[str, Any], params: dict[str, Any], inputs: dict[str,
         changes.append(f"it was prepared from {existing.get('source_dir')}, not {source_dir}")
         return changes
     recorded = existing.get("inputs")
-    if not recorded:
+    if synthetic_before_fingerprints:
+        pass
+    elif not recorded:
         changes.append("its inputs were not recorded")
     elif recorded.get("annotations_sha256") != inputs.get("annotations_sha256"):
         changes.append(f"annotations.jsonl of {source_dir} changed")
