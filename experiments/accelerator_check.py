@@ -283,6 +283,8 @@ def part_training(part: Part, cap_s: float) -> dict[str, Any]:
         "warmup_steps": 0, "guidance_start_bce": 0, "guidance_delay_steps": 0, "guidance_ramp_steps": 0,
         "synthetic.num_train": sizes.training_images, "synthetic.num_test": num_test,
         "compilation_cache_dir": part.out / "jax_cache",
+        # Two steps past the first (which compiles) traced by jax.profiler: where a step's time goes.
+        "profile_steps": f"{min(2, sizes.training_steps - 2)},2",
     }
     if sizes.tiny_network:
         overrides |= {"guided_cnn.stem_width": 4, "guided_cnn.units_per_stage": "(1,1,1)", "guided_cnn.aspp_width": 4}
@@ -326,8 +328,20 @@ def part_training(part: Part, cap_s: float) -> dict[str, Any]:
         "timed_steps": [first["step"], last["step"]],
         "loss": {"first": first["loss"], "last": last["loss"]}, "bce": {"first": first["bce"], "last": last["bce"]},
         "guidance_weight": last["guidance_weight"], "loss_fell": last["loss"] < first["loss"],
+        "profile": _profile_summary(workdirs.Workdir(workdir).profile_dir),
         "log_tail": tail[-400:],
     }
+
+
+def _profile_summary(profile_dir: pathlib.Path) -> dict[str, Any]:
+    """The trace of the training part, summarised (python -m fundax.bench trace), or why there is none."""
+    from fundax.bench import trace
+
+    try:
+        summary = trace.summarise(trace.latest_trace(profile_dir), top=15)
+    except trace.TraceError as e:
+        return {"error": str(e)}
+    return {"trace": summary["trace"], "by_kind_ms": summary["by_kind_ms"], "top": summary["rows"]}
 
 
 def machine() -> dict[str, Any]:
@@ -504,8 +518,19 @@ def summary(name: str, r: dict[str, Any], judge: bool) -> str:
         return (f"{r['steps']} steps at {r['image_size_px']} px, batch {r['batch_size']}: {rate} over steps "
                 f"{r['timed_steps'][0]}–{r['timed_steps'][1]}; loss {r['loss']['first']:.4f} → {r['loss']['last']:.4f} "
                 f"({'fell' if r['loss_fell'] else '**did not fall**'}), BCE {r['bce']['first']:.4f} → "
-                f"{r['bce']['last']:.4f}; {r['wall_s']:.0f} s in all")
+                f"{r['bce']['last']:.4f}; {r['wall_s']:.0f} s in all" + _profile_line(r.get("profile")))
     return ""
+
+
+def _profile_line(profile: dict[str, Any] | None) -> str:
+    """The trace of two training steps, by kind, and its largest operation."""
+    if not profile or "by_kind_ms" not in profile:
+        return f"; no profile ({profile.get('error')})" if profile else ""
+    total = sum(profile["by_kind_ms"].values()) or 1.0
+    kinds = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in profile["by_kind_ms"].items() if v)
+    top = profile["top"][0] if profile["top"] else None
+    return (f"; profile of 2 steps: {kinds}" + (f", largest {top['operation'][:40]} ({top['kind']}, "
+                                                f"{top['total_ms']:.1f} ms)" if top else ""))
 
 
 def _figures(name: str, r: dict[str, Any], judge: bool) -> str:
