@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fundax.findings import FINDINGS, get_finding
-from fundax.models import GuidedCNN, activation_map_size, guided_cnn
+from fundax.models import GuidedCNN, guided_cnn
+from fundax.models.guided_cnn import activation_map_size
 from fundax.regions import CellGrid
 
 # Narrow widths keep every test to a fraction of a second on a CPU.

@@ -74,5 +74,8 @@ def test_train_checks_the_whole_config_before_preparing(tmp_path):
     done = _run("fundax.train", "--finding=macular_hole", f"--workdir={tmp_path}/work", f"--data_dir={data_dir}",
                 "--config=experiments/configs/cpu_demo.py", "--config.synthetic.num_train=4",
                 "--config.synthetic.num_test=2", "--config.dtype=float16", timeout=60)
-    _one_line_error(done, "dtype must be 'float32' or 'bfloat16', got 'float16'")
+    # A bad config value is a usage error: exit 2, the error on one line, then where the help is.
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines() == ["error: bad config: dtype must be 'float32' or 'bfloat16', got 'float16'",
+                                        "(see python -m fundax.train --help)"]
     assert not any(data_dir.iterdir())

@@ -189,7 +189,7 @@ def test_damaged_latest_checkpoint_falls_back_to_an_intact_one(prepared_dir, tmp
             path.write_bytes(path.read_bytes()[:10])  # truncated array data
     result = _train_steps(prepared_dir, tmp_path, 6)
     assert result["step"] == 6
-    assert (tmp_path / checkpoints.DAMAGED_DIR / "4").is_dir()
+    assert (workdirs.Workdir(tmp_path).damaged_checkpoint_dir / "4").is_dir()
     assert any("checkpoint 4 is damaged" in r.getMessage() and "resumed from step 2" in r.getMessage()
                for r in caplog.records)
     train_steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -213,7 +213,7 @@ def test_a_checkpoint_of_another_layout_is_refused_and_left_in_place(prepared_di
                                                                   "layout .* train in another --workdir"):
         _train_steps(prepared_dir, tmp_path, 4, **{"guided_cnn.units_per_stage": (2, 1, 1)})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
-    assert not (tmp_path / checkpoints.DAMAGED_DIR).exists()
+    assert not (workdirs.Workdir(tmp_path).damaged_checkpoint_dir).exists()
 
 
 def test_busy_workdir_is_refused(prepared_dir, tmp_path):
