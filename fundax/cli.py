@@ -138,6 +138,23 @@ def run(main: Callable[[list[str]], int | None], flag_values: flags.FlagValues |
     app.run(guarded, flags_parser=parse)
 
 
+def run_in_process(command: Callable[[list[str]], int], flag_values: flags.FlagValues, usage: str, program: str,
+                   args: Sequence[str] | None = None) -> int:
+    """A command with its own ``flag_values`` as its ``python -m`` form runs it, in this process.
+
+    The flags are reset to their defaults first, so that one call does not see another's.
+    A usage error prints its line and raises ``SystemExit(2)``; ``--help`` prints the
+    help and raises ``SystemExit(0)``; otherwise ``command``'s exit status is returned.
+    """
+    flag_values.unparse_flags()
+    argv = parse_flags([program, *(sys.argv[1:] if args is None else args)], flag_values, usage, program)
+    try:
+        return command(argv)
+    except UsageError as e:
+        usage_exit(str(e), program)
+        raise  # unreachable: usage_exit exits
+
+
 def no_arguments(argv: list[str]) -> None:
     """A command that takes flags only: positional arguments are a usage error."""
     if len(argv) > 1:

@@ -86,19 +86,8 @@ def command(argv: list[str]) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """The command as ``python -m fundax.regions_figure ARGS`` runs it, in this process (default: ``sys.argv[1:]``).
-
-    The flags are reset to their defaults first, so that one call does not see another's.
-    A usage error prints its line and raises ``SystemExit(2)``; ``--help`` prints the
-    help and raises ``SystemExit(0)``; otherwise the exit status is returned.
-    """
-    FLAGS.unparse_flags()
-    argv = cli.parse_flags([PROGRAM, *(sys.argv[1:] if args is None else args)], FLAGS, USAGE, PROGRAM)
-    try:
-        return command(argv)
-    except cli.UsageError as e:
-        cli.usage_exit(str(e), PROGRAM)
-        raise  # unreachable: usage_exit exits
+    """The command as its ``python -m`` form runs it, in this process (:func:`fundax.cli.run_in_process`)."""
+    return cli.run_in_process(command, FLAGS, USAGE, PROGRAM, args)
 
 
 if __name__ == "__main__":

@@ -215,16 +215,5 @@ def command(argv: list[str]) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """The tool as ``python -m fundax.annotate ARGS`` runs it, in this process (default ARGS: ``sys.argv[1:]``).
-
-    The flags are reset to their defaults first, so that one call does not see another's.
-    A usage error prints its line and raises ``SystemExit(2)``; ``--help`` prints the
-    help and raises ``SystemExit(0)``; otherwise the exit status is returned.
-    """
-    FLAGS.unparse_flags()
-    argv = fundax_cli.parse_flags([PROGRAM, *(sys.argv[1:] if args is None else args)], FLAGS, USAGE, PROGRAM)
-    try:
-        return command(argv)
-    except fundax_cli.UsageError as e:
-        fundax_cli.usage_exit(str(e), PROGRAM)
-        raise  # unreachable: usage_exit exits
+    """The tool as its ``python -m`` form runs it, in this process (:func:`fundax.cli.run_in_process`)."""
+    return fundax_cli.run_in_process(command, FLAGS, USAGE, PROGRAM, args)
