@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 SELECTION_METRICS = {"val_loss": "min", "val_bce": "min", "val_auroc": "max"}
@@ -178,16 +180,8 @@ class Checkpoints:
             if damaged and self.damaged_dir is None:
                 raise ValueError(f"checkpoints {[s for s, _ in damaged]} in {self.directory} are damaged, and no "
                                  "damaged_dir was given to move them to")
-            for bad, why in damaged:
-                target = self.damaged_dir / str(bad)
-                if target.exists():
-                    shutil.rmtree(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(self.directory / str(bad)), str(target))
-                log.warning("checkpoint %d is damaged (%s); moved it to %s and resumed from step %d",
-                            bad, why, target, step)
             if damaged:
-                self.manager.reload()
+                self._move_damaged(damaged, step)
             return state, loop, step
         if damaged:
             details = "; ".join(f"step {s}: {why}" for s, why in damaged)
@@ -195,6 +189,29 @@ class Checkpoints:
                 f"no intact checkpoint in {self.directory} ({details}); refusing to start over on top of "
                 "this run: repair or move the checkpoints, or use another --workdir")
         return None
+
+    def _move_damaged(self, damaged: list[tuple[int, str]], resumed_at: int) -> None:
+        """Move damaged checkpoints aside: process 0 moves them, every process then sees the same folder.
+
+        The checkpoint folder is shared by all processes of a run; each found the same damaged
+        steps. They wait for one another before the move (none still reads a step being moved)
+        and after it (none lists the folder half-moved), and then reload the manager.
+        """
+        several = jax.process_count() > 1
+        if several:
+            multihost_utils.sync_global_devices("fundax: damaged checkpoints found")
+        for bad, why in damaged:
+            target = self.damaged_dir / str(bad)
+            if jax.process_index() == 0:
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(bad)), str(target))
+            log.warning("checkpoint %d is damaged (%s); moved it to %s and resumed from step %d",
+                        bad, why, target, resumed_at)
+        if several:
+            multihost_utils.sync_global_devices("fundax: damaged checkpoints moved")
+        self.manager.reload()
 
     def close(self) -> None:
         """Finish the save in flight and release the manager."""

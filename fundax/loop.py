@@ -6,6 +6,7 @@ saved parameters, optimiser, data-iterator and loop state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fundax import checkpoints, configs, evaluation, finetune, metrics, models, optimizer, provenance, reliability
-from fundax import stall, trainer
+from fundax import parallel, stall, trainer
 from fundax import workdir as workdirs
 from fundax.data import pipeline
 from fundax.parallel import AXIS, make_mesh
@@ -146,6 +147,30 @@ class Profile:
             jax.profiler.stop_trace()
 
 
+class SaveClock:
+    """When ``checkpoint_every_minutes`` calls for a checkpoint: that long after the last save.
+
+    Processes' clocks differ; process 0's decides, so that all save the same step together.
+    """
+
+    def __init__(self, minutes: float, clock=time.monotonic):
+        self.seconds, self.clock = minutes * 60.0, clock
+        self.last = clock()
+
+    def saved(self) -> None:
+        self.last = self.clock()
+
+    def due(self) -> bool:
+        if self.seconds <= 0:
+            return False
+        due = self.clock() - self.last >= self.seconds
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+        return due
+
+
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
     """Keep the entries up to ``last_step``: a resumed run writes the later ones again.
 
@@ -187,10 +212,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     mesh = make_mesh()
     if not isinstance(config, ml_collections.FrozenConfigDict):
         config = configs.validate(config, mesh.size)
-    if jax.process_index() == 0:
-        with workdirs.lock(workdir), reliability.StopSignals() as signals:
-            return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
-    with reliability.StopSignals() as signals:
+    with contextlib.ExitStack() as stack:
+        # Process 0 holds the workdir; when it is refused, every process stops with its line.
+        refused = None
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(workdirs.lock(workdir))
+            except reliability.WorkdirError as e:
+                refused = e
+        parallel.raise_together(refused, reliability.WorkdirError)
+        signals = stack.enter_context(reliability.StopSignals())
         return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
 
 
@@ -223,9 +254,18 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
         raise ConfigChangeError(f"{e} to resume") from None
     model = models.create_model(config)
     tx = optimizer.make_optimizer(config)
-    train_source = pipeline.open_split(config.dataset, data_dir, "train")
-    val_source = pipeline.open_split(config.dataset, data_dir, "validation")
-    pipeline.check_image_size(config.dataset, data_dir, config.image_size)
+    # Every process reads its own copy of the dataset (each host's local disk): all stop together
+    # when one cannot, and all must read the same data.
+    problem, fingerprint = None, None
+    try:
+        train_source = pipeline.open_split(config.dataset, data_dir, "train")
+        val_source = pipeline.open_split(config.dataset, data_dir, "validation")
+        pipeline.check_image_size(config.dataset, data_dir, config.image_size)
+        fingerprint = pipeline.dataset_fingerprint(config.dataset, data_dir)
+    except pipeline.DatasetError as e:
+        problem = e
+    parallel.raise_together(problem, pipeline.DatasetError)
+    parallel.check_same(fingerprint["sha256"], f"the dataset {config.dataset} in {data_dir}", pipeline.DatasetError)
     example = pipeline.FindingExample(config.finding, config.min_votes)
     process, processes = jax.process_index(), jax.process_count()
     scored, scored_labels = pipeline.scored_indices(
@@ -241,7 +281,7 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
     restored = ckpts.restore_latest_intact(
         trainer.abstract_train_state(model, tx, config, mesh), data_iter,
         check=lambda loop_json: checkpoints.check_compatible(loop_json, config.finding, config.model, workdir.path))
-    made_with = provenance.collect(pipeline.dataset_fingerprint(config.dataset, data_dir))
+    made_with = provenance.collect(fingerprint)
     if restored is not None:
         state, loop_json, resumed_at = restored
         changes = check_resume_config(saved, config, workdir, resumed_at, allow_config_change)
@@ -291,9 +331,12 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
                 f"is step {ckpts.latest_step()} in {ckpts.directory}; set --config.skip_nonfinite_steps=True "
                 "to skip such steps instead")
 
+    clock = SaveClock(config.checkpoint_every_minutes)
+
     def save(selection: dict[str, float] | None = None) -> None:
         check_finite()
         ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=selection)
+        clock.saved()
 
     from tqdm import tqdm
 
@@ -380,6 +423,8 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
                 if process == 0:
                     bar.write(_validation_line(step, validation))
             elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+                save()
+            elif step % config.log_every_steps == 0 and clock.due():
                 save()
             bar.update(1)
             signum = signals.should_stop(step)

@@ -10,6 +10,7 @@ batch, process 0 alone writes logs and pictures, and Orbax saves collectively.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -57,9 +58,79 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             raise ValueError(f"--process_id {process_id} must lie in [0, {num_processes})")
     elif not in_cluster():
         return
+    else:
+        check_gpu_binding(os.environ)
     # CPU processes exchange collectives over gloo; accelerators ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def check_gpu_binding(environ: dict[str, str]) -> None:
+    """Refuse, at start-up, a SLURM task bound to fewer GPUs than JAX will ask for.
+
+    Under SLURM, JAX gives each task the GPU numbered ``SLURM_LOCALID`` among those it
+    sees (``local_device_ids``). A site that binds GPUs to tasks (``--gpus-per-task``,
+    ``--gpu-bind``) leaves each task one GPU, numbered 0, so every task but the first would
+    ask for a GPU that is not there and fail deep inside the CUDA start-up.
+    """
+    if "SLURM_LOCALID" not in environ or environ.get("JAX_LOCAL_DEVICE_IDS"):
+        return
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    local = int(environ["SLURM_LOCALID"])
+    if visible and local >= len(visible):
+        raise ValueError(
+            f"this SLURM task (SLURM_LOCALID={local}) sees {len(visible)} GPU(s) (CUDA_VISIBLE_DEVICES="
+            f"{environ['CUDA_VISIBLE_DEVICES']}), but JAX would take GPU number {local}: the site binds GPUs to "
+            "tasks. Submit without --gpus-per-task/--gpu-bind (launch/slurm/train.sbatch), or export "
+            "JAX_LOCAL_DEVICE_IDS=0 so that each task takes the GPU it is given")
+
+
+def raise_together(error: Exception | None, kind: type[Exception]) -> None:
+    """Raise ``kind`` on every process when any process met ``error``; return when none did.
+
+    A refusal that one process finds (a busy workdir on process 0, say) must stop every
+    process at once with the same line, not leave the others to time out in a collective
+    later. The message is the first failing process's, naming the process when there are
+    several. A collective: every process must call it.
+    """
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    from jax.experimental import multihost_utils
+
+    size = 2048
+    text = str(error).encode("utf-8")[:size] if error is not None else b""
+    mine = np.zeros(size + 1, np.int32)
+    mine[0] = 1 if error is not None else 0
+    mine[1:1 + len(text)] = np.frombuffer(text, np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    failed = [i for i in range(everyone.shape[0]) if everyone[i, 0]]
+    if not failed:
+        return
+    first = everyone[failed[0], 1:].astype(np.uint8).tobytes().rstrip(b"\0").decode("utf-8", "replace")
+    message = first if failed == [0] else f"process {failed[0]}: {first}"
+    if error is not None and str(error) == message:
+        raise error
+    raise kind(message)
+
+
+def check_same(text: str, what: str, kind: type[Exception]) -> None:
+    """Raise ``kind`` on every process unless every process holds the same ``text`` (a fingerprint).
+
+    ``what`` names the thing in the error, e.g. the dataset whose copies differ between hosts.
+    A collective: every process must call it.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(text.encode("utf-8")).digest(), np.uint8).astype(np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(digest))
+    differ = [i for i in range(everyone.shape[0]) if not np.array_equal(everyone[i], everyone[0])]
+    if differ:
+        raise kind(f"{what} differs between processes: process(es) {', '.join(map(str, differ))} hold another "
+                   "copy than process 0; prepare or copy the same dataset onto every host")
 
 
 def initialize_from_flags() -> None:

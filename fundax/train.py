@@ -21,7 +21,6 @@ import sys
 import jax
 from absl import flags
 from absl import logging as absl_logging
-from jax.experimental import multihost_utils
 
 from fundax import checkpoints, cli, configs, findings, parallel, reliability
 from fundax import workdir as workdirs
@@ -48,13 +47,18 @@ def prepare_embedded(config) -> None:
     :func:`fundax.data.preparation.prepare` reuses a set prepared with the same settings and
     refuses one prepared with others, naming what differs.
     """
+    import filelock
+
     from fundax.data import preparation, synthetic
 
-    if jax.process_index() != 0:
-        return
+    # Every host prepares its own copy (data_dir is local disk); processes sharing a host take
+    # turns, so that one prepares and the others reuse. The generator is seeded: the copies are
+    # the same, which the training checks by their fingerprints.
     wanted = synthetic.from_config(config.synthetic)
-    result = preparation.prepare("synthetic", config.data_dir, image_size_px=config.image_size,
-                                 synthetic_config=wanted, show_progress=False)
+    os.makedirs(config.data_dir, exist_ok=True)
+    with filelock.FileLock(os.path.join(config.data_dir, ".fundax_prepare.lock")):
+        result = preparation.prepare("synthetic", config.data_dir, image_size_px=config.image_size,
+                                     synthetic_config=wanted, show_progress=False)
     if not result.reused:
         print(f"prepared the synthetic set ({sum(result.split_sizes.values())} photographs at "
               f"{config.image_size} px) into {result.dataset_dir}", flush=True)
@@ -80,9 +84,12 @@ def main(argv: list[str]) -> int:
                 if config.image_size > 128 else ""
             log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
         if config.dataset == "fundus_findings/synthetic":
-            prepare_embedded(config)
-            if jax.process_count() > 1:  # the others wait until process 0 has prepared it
-                multihost_utils.sync_global_devices("fundax: synthetic set prepared")
+            problem = None
+            try:
+                prepare_embedded(config)
+            except (ValueError, OSError) as e:
+                problem = e
+            parallel.raise_together(problem, ValueError)
         if config.compilation_cache_dir != "off":
             parallel.enable_compilation_cache(
                 config.compilation_cache_dir or str(workdirs.Workdir(FLAGS.workdir).compilation_cache))
@@ -103,6 +110,8 @@ def main(argv: list[str]) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if jax.process_index() != 0:  # one summary for the run, from the process that writes its logs
+        return 0
     best, metric = result["best_score"], result["selection_metric"]
     if best is not None and checkpoints.SELECTION_METRICS[metric] == "max":
         best = -best

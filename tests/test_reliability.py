@@ -265,3 +265,58 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_good_one(prepared_dir, tmp
     assert ckpts.all_steps() == [2]
     ckpts.close()
     assert _train_steps(prepared_dir, tmp_path, 4)["step"] == 4  # resumes from 2 once there is room
+
+
+def test_save_clock_is_due_once_the_minutes_have_passed_since_the_last_save():
+    now = [100.0]
+    clock = loop.SaveClock(0.5, clock=lambda: now[0])
+    assert not clock.due()
+    now[0] = 129.9
+    assert not clock.due()
+    now[0] = 130.0
+    assert clock.due()
+    clock.saved()  # any save restarts the wait, an evaluation's too
+    now[0] = 159.0
+    assert not clock.due()
+    assert not loop.SaveClock(0.0, clock=lambda: now[0]).due()  # 0: off
+
+
+def test_checkpoint_every_minutes_saves_between_evaluations(prepared_dir, tmp_path, monkeypatch):
+    # A fake clock a minute further on each reading (one at the start, one at each logging step's
+    # check, one at each save): with checkpoint_every_minutes=2 every second logging step saves;
+    # evaluations (every 6 steps, and the last) save as well and restart the wait.
+    ticks = iter(range(0, 10_000, 60))
+    real = loop.SaveClock
+    monkeypatch.setattr(loop, "SaveClock", lambda minutes: real(minutes, clock=lambda: float(next(ticks))))
+    _train_steps(prepared_dir, tmp_path, 9, checkpoint_every_steps=0, eval_every_steps=6,
+                 checkpoint_every_minutes=2.0, checkpoints_to_keep=20)
+    ckpts = workdirs.Workdir(tmp_path).checkpoints(read_only=True)
+    saved = ckpts.all_steps()
+    ckpts.close()
+    assert sorted(saved) == [2, 4, 6, 8, 9]
+
+
+@pytest.mark.parametrize("environ, fails", [
+    ({}, False),  # not under SLURM
+    ({"SLURM_LOCALID": "3"}, False),  # every GPU of the node visible
+    ({"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, False),
+    ({"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "5"}, False),  # the first task of a node: GPU 0 is there
+    ({"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "3"}, True),  # one GPU bound to the task
+    ({"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "3", "JAX_LOCAL_DEVICE_IDS": "0"}, False),
+])
+def test_a_slurm_task_bound_to_one_gpu_is_refused_at_start_up(environ, fails):
+    from fundax import parallel
+
+    if fails:
+        with pytest.raises(ValueError, match=r"SLURM_LOCALID=3\) sees 1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=3\), but JAX "
+                                             r"would take GPU number 3.*JAX_LOCAL_DEVICE_IDS=0"):
+            parallel.check_gpu_binding(environ)
+    else:
+        parallel.check_gpu_binding(environ)
+
+
+def test_checkpoint_every_minutes_must_not_be_negative():
+    from fundax import configs
+
+    with pytest.raises(configs.ConfigError, match="checkpoint_every_minutes must be >= 0"):
+        configs.validate(fakes.tiny_config(checkpoint_every_minutes=-1.0), 1)

@@ -28,7 +28,7 @@ def define_config_flag(help_text: str) -> None:
 # lives and how fast it arrives, not what the network learns. eval_every_steps is not among
 # them: validation drives the plateau schedule, early stopping and the checkpoint selected.
 RESUME_SAFE_KEYS = frozenset({
-    "log_every_steps", "checkpoint_every_steps", "checkpoints_to_keep", "loader_threads", "prefetch_batches",
+    "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes", "checkpoints_to_keep", "loader_threads", "prefetch_batches",
     "compilation_cache_dir", "data_dir", "stall_patience",
 })
 
@@ -107,6 +107,8 @@ def validate(config, num_devices: int, **values):
         problems.append(f"eval_every_steps {config.eval_every_steps} must be a multiple of "
                         f"log_every_steps {config.log_every_steps}")
     problems += models.check_model(config)
+    if config.checkpoint_every_minutes < 0:
+        problems.append(f"checkpoint_every_minutes must be >= 0 (0: off), got {config.checkpoint_every_minutes}")
     if config.guidance_weight < 0:
         problems.append(f"guidance_weight must be >= 0, got {config.guidance_weight}")
     for key in ("guidance_delay_steps", "guidance_ramp_steps", "warmup_steps"):

@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.stall_patience = 2  # evaluations in a row at eq. 2's floor before the stall detector speaks
     config.checkpoints_to_keep = 3  # latest; the best by selection_metric is kept besides
     config.checkpoint_every_steps = 0  # 0: at every evaluation; a stop signal always saves
+    # Besides those: a checkpoint once this many minutes passed since the last one (checked at each
+    # logging step), for preemptible machines that may get no stop signal. 0 = off.
+    config.checkpoint_every_minutes = 0.0
     config.skip_nonfinite_steps = False  # True: skip (count, log) NaN/Inf steps instead of stopping
     config.seed = 0
     # Fine-tuning: start from the parameters and BatchNorm statistics of another run of the same model,
