@@ -247,6 +247,28 @@ def test_setup_copies_the_checkout_installs_mounts_and_stages(dry_env):
                                      '"$HOME"/fundax/src && git -C "$HOME"/fundax/src checkout --quiet v0.1.0')
 
 
+def test_setup_mounts_a_bucket_that_can_hold_checkpoints(dry_env):
+    # Orbax renames each checkpoint's folder as its last step: without --rename-dir-limit
+    # gcsfuse refuses that rename and the first save fails.
+    *_, mount = dry_run(TPU / "setup.sh", *TPU_FLAGS, "--git-url=https://example.org/fundax.git",
+                        "--gcsfuse=gs://lab-runs/fundax/", "--mount-point=/mnt/runs",
+                        "--gcsfuse-options=--billing-project=lab", env=dry_env)
+    command = remote_command(mount)
+    assert "apt-get -qq install -y gcsfuse" in command
+    assert "{ ! mountpoint -q /mnt/runs || sudo umount /mnt/runs; }" in command
+    gcsfuse = shlex.split(command[command.rindex("&& gcsfuse ") + 3:])
+    assert gcsfuse[0] == "gcsfuse" and gcsfuse[-2:] == ["lab-runs", "/mnt/runs"]
+    options = gcsfuse[1:-2]
+    assert {"--implicit-dirs", "--rename-dir-limit=200000", "--metadata-cache-ttl-secs=0",
+            "--only-dir=fundax", "--billing-project=lab"} == set(options)
+    *_, whole_bucket = dry_run(TPU / "setup.sh", *TPU_FLAGS, "--git-url=x", "--gcsfuse=lab-runs", env=dry_env)
+    assert remote_command(whole_bucket).endswith(
+        "gcsfuse --implicit-dirs --rename-dir-limit=200000 --metadata-cache-ttl-secs=0 lab-runs /mnt/fundax")
+    result = run_script(TPU / "setup.sh", "--dry-run", *TPU_FLAGS, "--gcsfuse=b", "--nfs=10.0.0.2:/runs",
+                        env=dry_env)
+    assert result.returncode == 2 and "pass one" in result.stderr
+
+
 def test_submit_prints_sbatch_with_the_overrides(dry_env, tmp_path):
     (submit,) = dry_run(SLURM / "submit.sh", "--finding=rnfl_defect", "--workdir=runs/rnfl", "--nodes=4",
                         "--partition=gpu", "--gpus-per-node=4", "--data-source=gs://lab/data", "--",
