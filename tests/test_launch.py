@@ -205,19 +205,43 @@ def test_delete_a_tpu_vm_or_its_queued_resource(dry_env):
         ["gcloud", "compute", "tpus", "queued-resources", "delete", "tpu1", "--zone=us-west4-a", "--force", "--quiet"]]
 
 
-def test_train_runs_fundax_train_on_every_worker_in_the_background(dry_env):
-    (ssh,) = dry_run(TPU / "train.sh", *TRAIN_FLAGS, "--", *AWKWARD, env=dry_env)
-    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tpu1"]
-    assert "--worker=all" in ssh
-    command = remote_command(ssh)
+def test_train_asks_every_worker_then_starts_on_all_in_the_background(dry_env):
+    check, start = dry_run(TPU / "train.sh", *TRAIN_FLAGS, "--", *AWKWARD, env=dry_env)
+    for ssh in check, start:
+        assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tpu1"] and "--worker=all" in ssh
+    asked = shlex.split(remote_command(check))
+    assert asked[:2] == ["bash", "-c"] and "pgrep" in asked[2] and "-lname" in asked[2]
+    assert asked[3] == "fundax-check"
+    assert asked[5:] == ["/dev/accel*", "/dev/vfio/[0-9]*", "/tmp/libtpu_lockfile"]
+    command = remote_command(start)
     assert "nohup" in command and "python -m fundax.train --finding=macular_hole" in command
+    assert "pgrep" not in command
     assert command.rstrip().endswith('& echo "$(hostname): started, log in train.log"')
+    assert "checkpoint_every_minutes" not in command
     assert not (ROOT / "pwned").exists()
 
 
+@pytest.mark.parametrize("given, expected", [
+    ([], ["--config.checkpoint_every_minutes=10"]),
+    (["--config.checkpoint_every_minutes=2.5"], ["--config.checkpoint_every_minutes=2.5"]),
+    (["--config.checkpoint_every_minutes", "0"], ["--config.checkpoint_every_minutes", "0"]),
+])
+def test_spot_runs_save_every_ten_minutes_unless_told_otherwise(given, expected, dry_env):
+    _check, start = dry_run(TPU / "train.sh", *TRAIN_FLAGS, "--spot", "--", *given, env=dry_env)
+    words = shlex.split(remote_command(start))
+    train = words[words.index("fundax.train"):]
+    train = train[:[w.startswith(">>") for w in train].index(True)]
+    assert train[-len(expected):] == expected
+    assert sum("checkpoint_every_minutes" in w for w in train) == 1
+    # SPOT=1, as create.sh reads it, does the same.
+    _check, start = dry_run(TPU / "train.sh", *TRAIN_FLAGS, env=dry_env | {"SPOT": "1"})
+    assert "--config.checkpoint_every_minutes=10" in remote_command(start)
+
+
 def test_evaluate_logs_and_stop(dry_env):
-    (evaluate,) = dry_run(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=/mnt/fundax/mh", "--split=validation",
-                          env=dry_env)
+    check, evaluate = dry_run(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=/mnt/fundax/mh", "--split=validation",
+                              env=dry_env)
+    assert "fundax-check" in remote_command(check)
     assert "--worker=all" in evaluate
     assert "python -m fundax.evaluate --workdir=/mnt/fundax/mh --split=validation --checkpoint=best" \
         in remote_command(evaluate)
@@ -300,15 +324,34 @@ import json, os, shutil, subprocess, sys
 args = sys.argv[1:]
 with open(os.environ["GCLOUD_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
-worker_home = os.environ["WORKER_HOME"]
-if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
-    shutil.copy(args[4], os.path.join(worker_home, args[5].split(":", 1)[1]))
-elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
-    command = [a for a in args if a.startswith("--command=")][0][len("--command="):]
-    if any(word in command for word in os.environ.get("GCLOUD_SKIP", "").split()):
-        sys.exit(0)
-    env = dict(os.environ, HOME=worker_home)
-    sys.exit(subprocess.run(["bash", "-c", command], cwd=worker_home, env=env).returncode)
+homes = os.environ["WORKER_HOME"].split(os.pathsep)
+worker = [a for a in args if a.startswith("--worker=")]
+worker = worker[0].split("=", 1)[1] if worker else "0"
+chosen = list(enumerate(homes)) if worker == "all" else [(int(worker), homes[int(worker)])]
+status = 0
+for number, home in chosen:
+    if not os.path.isdir(home):
+        print(f"ssh: connect to worker {number}: Connection timed out", file=sys.stderr)
+        status = 255
+        continue
+    if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+        if ":" in args[5]:
+            shutil.copy(args[4], os.path.join(home, args[5].split(":", 1)[1]))
+        else:
+            shutil.copy(os.path.join(home, args[4].split(":", 1)[1]), args[5])
+    elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+        command = [a for a in args if a.startswith("--command=")][0][len("--command="):]
+        if any(word in command for word in os.environ.get("GCLOUD_SKIP", "").split()):
+            continue
+        # Each worker answers to its own host name.
+        bin_dir = os.path.join(home, ".bin")
+        os.makedirs(bin_dir, exist_ok=True)
+        with open(os.path.join(bin_dir, "hostname"), "w") as f:
+            f.write(f"#!/bin/sh\\necho worker-{number}\\n")
+        os.chmod(os.path.join(bin_dir, "hostname"), 0o755)
+        env = dict(os.environ, HOME=home, PATH=bin_dir + os.pathsep + os.environ["PATH"])
+        status = max(status, subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+sys.exit(status)
 """
 
 # Stands in for fundax on the worker: records how it was started, then waits for SIGTERM
@@ -326,10 +369,8 @@ if os.environ.get("FAKE_TRAINING_SECONDS"):
 """
 
 
-@pytest.fixture
-def worker(bin_dirs, tmp_path) -> dict:
-    """A home directory laid out as setup.sh leaves a worker's, with a fake gcloud to reach it."""
-    home = tmp_path / "worker"
+def lay_out_worker(home: Path) -> None:
+    """A home directory as setup.sh leaves a worker's, with fundax standing in for itself."""
     (home / "fundax" / "src" / "fundax").mkdir(parents=True)
     (home / "fundax" / "venv" / "bin").mkdir(parents=True)
     # The real interpreter under the venv's path, so the process's command line is the one a worker shows.
@@ -338,6 +379,13 @@ def worker(bin_dirs, tmp_path) -> dict:
     (package / "__init__.py").write_text("")
     (package / "train.py").write_text(FAKE_FUNDAX_MAIN)
     (package / "evaluate.py").write_text(FAKE_FUNDAX_MAIN)
+
+
+@pytest.fixture
+def worker(bin_dirs, tmp_path) -> dict:
+    """One worker's home directory, with a fake gcloud to reach it (WORKER_HOME may list more)."""
+    home = tmp_path / "worker"
+    lay_out_worker(home)
     fake_bin = tmp_path / "fake_bin"
     fake_bin.mkdir()
     write_script(fake_bin / "gcloud", FAKE_GCLOUD, interpreter=sys.executable)
@@ -345,7 +393,7 @@ def worker(bin_dirs, tmp_path) -> dict:
            "WORKER_HOME": str(home), "GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
            "FUNDAX_RECORD": str(tmp_path / "fundax.jsonl"), "PYTHONDONTWRITEBYTECODE": "1"}
     started = []
-    yield {"home": home, "env": env, "started": started, "tmp": tmp_path}
+    yield {"home": home, "env": env, "started": started, "tmp": tmp_path, "bin": fake_bin}
     for pid in started:  # a fake training a failed test left behind
         try:
             os.kill(pid, signal.SIGKILL)
@@ -401,13 +449,86 @@ def test_train_starts_fundax_with_the_arguments_given_and_refuses_a_second(absol
     assert "launch/tpu/train.sh" in (home / "fundax" / "logs" / "train.log").read_text()
 
     again = run_script(TPU / "train.sh", *args, env=env)
-    assert again.returncode != 0 and "fundax.train is already running" in again.stderr
+    assert again.returncode == 1 and "worker-0 busy: fundax.train is already running (pid" in again.stderr
     assert len(records(env["FUNDAX_RECORD"], 1)) == 1
 
     stopped = run_script(TPU / "stop.sh", *TPU_FLAGS, *where[:1], env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert wait_gone(run["pid"]), "stop.sh did not end the training"
     assert "no fundax.train running" in run_script(TPU / "stop.sh", *TPU_FLAGS, *where[:1], env=env).stdout
+
+
+def gcloud_calls(env: dict[str, str]) -> list[list[str]]:
+    log = Path(env["GCLOUD_LOG"])
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_one_busy_worker_keeps_every_worker_from_starting(worker):
+    # A training left running on worker 1 alone: no worker starts, and the report names it.
+    env, tmp = worker["env"], worker["tmp"]
+    homes = [worker["home"], tmp / "worker1", tmp / "worker2"]
+    for home in homes[1:]:
+        lay_out_worker(home)
+    env = env | {"WORKER_HOME": os.pathsep.join(map(str, homes))}
+    left = subprocess.Popen([str(homes[1] / "fundax" / "venv" / "bin" / "python"), "-m", "fundax.train"],
+                            cwd=homes[1] / "fundax" / "src",
+                            env=env | {"FAKE_TRAINING_SECONDS": "60", "FUNDAX_RECORD": str(tmp / "left.jsonl")})
+    worker["started"].append(left.pid)
+    records(str(tmp / "left.jsonl"), 1)
+    result = run_script(TPU / "train.sh", *TRAIN_FLAGS, env=env)
+    assert result.returncode == 1, result.stderr
+    assert f"worker-1 busy: fundax.train is already running (pid {left.pid})" in result.stderr
+    assert "worker-0 busy" not in result.stderr and "worker-2 busy" not in result.stderr
+    assert "not started on any worker" in result.stderr
+    calls = gcloud_calls(env)
+    assert len(calls) == 1 and "fundax-check" in calls[0][-1]
+    assert not Path(env["FUNDAX_RECORD"]).exists()
+    assert not any((home / "fundax" / "logs").exists() for home in homes)
+
+    left.terminate()
+    left.wait()
+    result = run_script(TPU / "train.sh", *TRAIN_FLAGS, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the TPU is free on all 3 workers" in result.stderr
+    runs = records(env["FUNDAX_RECORD"], 3)
+    assert sorted(run["cwd"] for run in runs) == sorted(str(home / "fundax" / "src") for home in homes)
+    for home in homes:
+        deadline = time.monotonic() + 10
+        while "exited with status" not in (log := (home / "fundax" / "logs" / "train.log").read_text()):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.05)
+        assert log.splitlines()[-1].endswith("fundax.train exited with status 0")
+
+
+def test_a_process_holding_the_tpu_keeps_the_training_from_starting(worker):
+    # Not a training of ours (a notebook, say): the check finds it by the files it holds open.
+    env, tmp = worker["env"], worker["tmp"]
+    accel = tmp / "accel0"
+    accel.write_text("")
+    holder = subprocess.Popen(["bash", "-c", f'exec 3<"{accel}"; exec sleep 60'])
+    worker["started"].append(holder.pid)
+    deadline = time.monotonic() + 10
+    while str(accel) not in [os.path.realpath(f"/proc/{holder.pid}/fd/{fd}")
+                             for fd in os.listdir(f"/proc/{holder.pid}/fd")]:
+        assert time.monotonic() < deadline, "the stand-in holder never opened its file"
+        time.sleep(0.05)
+    env = env | {"TPU_FILES": f"{tmp}/accel[0-9] {tmp}/vfio/*"}
+    result = run_script(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=/mnt/fundax/mh", env=env)
+    assert result.returncode == 1, result.stderr
+    assert f"worker-0 busy: pid {holder.pid} (sleep) holds the TPU" in result.stderr
+    assert len(gcloud_calls(env)) == 1 and not Path(env["FUNDAX_RECORD"]).exists()
+    holder.kill()
+    holder.wait()
+    result = run_script(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=/mnt/fundax/mh", env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(gcloud_calls(env)) == 3 and len(records(env["FUNDAX_RECORD"], 1)) == 1
+
+
+def test_a_worker_that_does_not_answer_keeps_every_worker_from_starting(worker):
+    env = worker["env"] | {"WORKER_HOME": os.pathsep.join([str(worker["home"]), str(worker["tmp"] / "missing")])}
+    result = run_script(TPU / "train.sh", *TRAIN_FLAGS, env=env)
+    assert result.returncode == 1 and "not every worker answered" in result.stderr
+    assert len(gcloud_calls(env)) == 1 and not Path(env["FUNDAX_RECORD"]).exists()
 
 
 def test_evaluate_runs_in_the_foreground_on_the_shared_workdir(worker):
