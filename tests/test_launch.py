@@ -198,6 +198,17 @@ def test_create_queued_prints_how_to_follow_it(dry_env):
     assert "ACTIVE" in result.stdout
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["tpu-vm", "queued-resource"])
+def test_autocheckpoint_goes_through_gcloud_alpha(queued, dry_env):
+    (create,) = dry_run(TPU / "create.sh", *TPU_FLAGS, "--accelerator-type=v5litepod-16", "--spot",
+                        "--autocheckpoint", *(["--queued"] if queued else []), env=dry_env)
+    kind = "queued-resources" if queued else "tpu-vm"
+    assert create[:6] == ["gcloud", "alpha", "compute", "tpus", kind, "create"]
+    assert create[-2:] == ["--spot", "--autocheckpoint-enabled"]
+    (plain,) = dry_run(TPU / "create.sh", *TPU_FLAGS, "--accelerator-type=v5litepod-16", env=dry_env)
+    assert "alpha" not in plain and "--autocheckpoint-enabled" not in plain
+
+
 def test_delete_a_tpu_vm_or_its_queued_resource(dry_env):
     assert dry_run(TPU / "delete.sh", *TPU_FLAGS, env=dry_env) == [
         ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tpu1", "--zone=us-west4-a"]]
