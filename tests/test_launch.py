@@ -27,7 +27,7 @@ LAUNCH = ROOT / "launch"
 TPU = LAUNCH / "tpu"
 SLURM = LAUNCH / "slurm"
 SHELL_FILES = sorted([*LAUNCH.rglob("*.sh"), *LAUNCH.rglob("*.sbatch")])
-TPU_SCRIPTS = ["create.sh", "setup.sh", "train.sh", "evaluate.sh", "logs.sh", "stop.sh", "delete.sh"]
+TPU_SCRIPTS = ["create.sh", "setup.sh", "train.sh", "evaluate.sh", "logs.sh", "stop.sh", "delete.sh", "watch.sh"]
 TPU_FLAGS = ["--name=tpu1", "--zone=us-west4-a"]
 TRAIN_FLAGS = [*TPU_FLAGS, "--finding=macular_hole", "--workdir=/mnt/fundax/mh"]
 # What no dry run may call; gcloud is not on the PATH at all.
@@ -335,6 +335,29 @@ import json, os, shutil, subprocess, sys
 args = sys.argv[1:]
 with open(os.environ["GCLOUD_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
+if args[:1] == ["alpha"]:
+    args = args[1:]
+# The slice's life, where a test scripts it: SLICE_STATE holds its state; a deleted slice's
+# disks start empty again; a created one is on its way for one look, then up.
+if os.environ.get("SLICE_STATE") and args[3] in ("describe", "delete", "create"):
+    state_file, queued = os.environ["SLICE_STATE"], args[2] == "queued-resources"
+    with open(state_file) as f:
+        state = f.read()
+    if args[3] == "delete":
+        state = "GONE"
+        for home in os.environ["WORKER_HOME"].split(os.pathsep):
+            shutil.rmtree(os.path.join(home, "fundax", "logs"), ignore_errors=True)
+    elif args[3] == "create":
+        state = "WAITING_FOR_RESOURCES" if queued else "CREATING"
+    elif state == "GONE":
+        sys.exit(print("ERROR: (gcloud) NOT_FOUND: the resource does not exist", file=sys.stderr) or 1)
+    else:
+        print(state)
+        if state in ("WAITING_FOR_RESOURCES", "CREATING"):
+            state = "ACTIVE" if queued else "READY"
+    with open(state_file, "w") as f:
+        f.write(state)
+    sys.exit(0)
 homes = os.environ["WORKER_HOME"].split(os.pathsep)
 worker = [a for a in args if a.startswith("--worker=")]
 worker = worker[0].split("=", 1)[1] if worker else "0"
@@ -374,6 +397,16 @@ record = {"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid(),
           "distributed": os.environ.get("FUNDAX_DISTRIBUTED"), "module": __spec__.name}
 with open(os.environ["FUNDAX_RECORD"], "a") as f:
     f.write(json.dumps(record) + "\\n")
+if os.environ.get("FAKE_EXITS"):
+    # One exit status per run; 143 is a preemption, which also takes the slice (PREEMPTED_STATE).
+    with open(os.environ["FAKE_EXITS"]) as f:
+        status, *later = f.read().split()
+    with open(os.environ["FAKE_EXITS"], "w") as f:
+        f.write(" ".join(later))
+    if status == "143" and os.environ.get("PREEMPTED_STATE"):
+        with open(os.environ["SLICE_STATE"], "w") as f:
+            f.write(os.environ["PREEMPTED_STATE"])
+    sys.exit(int(status))
 if os.environ.get("FAKE_TRAINING_SECONDS"):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     time.sleep(float(os.environ["FAKE_TRAINING_SECONDS"]))
@@ -566,6 +599,93 @@ def test_setup_delivers_this_checkout_to_the_workers(worker):
     assert (src / "pyproject.toml").exists() and (src / "fundax" / "train.py").exists()
     assert not (src / ".venv").exists() and not (src / ".git").exists() and not list(src.rglob("__pycache__"))
     assert not (home / "fundax-src.tar.gz").exists() and not list(scratch.iterdir())
+
+
+WATCH_FLAGS = [*TRAIN_FLAGS, "--accelerator-type=v5litepod-16", "--spot"]
+
+
+def test_watch_dry_run_prints_one_round(dry_env):
+    env = dry_env | {"FUNDAX_GIT_URL": "https://example.org/fundax.git", "NFS_SHARE": "10.0.0.2:/runs"}
+    commands = dry_run(TPU / "watch.sh", *WATCH_FLAGS, "--queued", "--autocheckpoint", "--",
+                       "--config.guidance_weight=0", env=env)
+    state, ending, delete, create, clone, install, mount, check, start = commands
+    assert state == ["gcloud", "compute", "tpus", "queued-resources", "describe", "tpu1", "--zone=us-west4-a",
+                     "--format=value(state.state)"]
+    assert "--worker=0" in ending and "exited with status" in remote_command(ending)
+    assert delete[:5] == ["gcloud", "compute", "tpus", "queued-resources", "delete"] and "--quiet" in delete
+    assert create[:6] == ["gcloud", "alpha", "compute", "tpus", "queued-resources", "create"]
+    assert create[-2:] == ["--spot", "--autocheckpoint-enabled"]
+    assert "git clone" in remote_command(clone) and "mount -t nfs" in remote_command(mount)
+    assert "fundax-check" in remote_command(check)
+    assert remote_command(start).count("--config.checkpoint_every_minutes=10 --config.guidance_weight=0") == 1
+    (state, *_) = dry_run(TPU / "watch.sh", *WATCH_FLAGS, env=env)
+    assert state[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"] and state[-1] == "--format=value(state)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (TPU_FLAGS, "missing --accelerator-type"),
+    ([*WATCH_FLAGS[:-3], "--accelerator-type=v4-8"], "missing --workdir"),
+    ([*WATCH_FLAGS, "--max-restarts=many"], "--max-restarts must be a whole number"),
+    ([*WATCH_FLAGS, "--poll-seconds=soon"], "--poll-seconds must be a number"),
+])
+def test_watch_refuses_what_it_could_not_see_through(args, message, dry_env):
+    result = run_script(TPU / "watch.sh", "--dry-run", *args, env=dry_env)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def watched(worker, exits: str, queued: bool, preempted: str | None, *flags: str):
+    """Train with the fake cloud whose trainer exits with EXITS in turn, then watch.sh it."""
+    env, tmp = worker["env"], worker["tmp"]
+    up = "ACTIVE" if queued else "READY"
+    (tmp / "slice").write_text(up)
+    (tmp / "exits").write_text(exits)
+    env = env | {"SLICE_STATE": str(tmp / "slice"), "FAKE_EXITS": str(tmp / "exits"),
+                 "PREEMPTED_STATE": preempted or "", "FUNDAX_GIT_URL": "https://example.org/fundax.git",
+                 "GCLOUD_SKIP": "git astral.sh", "QUEUED": "1" if queued else "0"}
+    started = run_script(TPU / "train.sh", *TRAIN_FLAGS, "--spot", env=env)
+    assert started.returncode == 0, started.stderr
+    result = run_script(TPU / "watch.sh", *WATCH_FLAGS, "--poll-seconds=0.2", *flags, "--",
+                        "--config.guidance_weight=0", env=env)
+    calls = [" ".join(call[:4]) for call in gcloud_calls(env)]
+    return result, calls, records(env["FUNDAX_RECORD"], 1)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["tpu-vm", "queued-resource"])
+def test_watch_sees_a_run_through_two_preemptions(queued, worker):
+    preempted = "SUSPENDED" if queued else "PREEMPTED"
+    result, calls, runs = watched(worker, "143 143 0", queued, preempted, "--max-restarts=2")
+    assert result.returncode == 0, result.stderr
+    assert "the training has finished (status 0) after 2 restart(s)" in result.stderr
+    assert result.stderr.count(f"the slice is {preempted}: creating it again") == 2
+    kind = "queued-resources" if queued else "tpu-vm"
+    assert sum(call.endswith(f"{kind} delete") for call in calls) == 2
+    assert sum(call.endswith(f"{kind} create") for call in calls) == 2
+    assert len(runs) == 3
+    # Each resumed training is the same command on the same workdir, still saving every 10 minutes.
+    assert runs[1]["argv"] == runs[2]["argv"] and "--workdir=/mnt/fundax/mh" in runs[1]["argv"]
+    assert runs[1]["argv"][-2:] == ["--config.checkpoint_every_minutes=10", "--config.guidance_weight=0"]
+
+
+def test_watch_stops_when_the_training_fails(worker):
+    result, calls, runs = watched(worker, "143 1", False, "PREEMPTED")
+    assert result.returncode == 1
+    assert "fundax.train exited with status 1: not restarting" in result.stderr
+    assert sum(call.endswith("delete") for call in calls) == 1 and len(runs) == 2
+
+
+def test_watch_gives_up_after_max_restarts(worker):
+    result, calls, runs = watched(worker, "143 143 143", False, "PREEMPTED", "--max-restarts=1")
+    assert result.returncode == 1
+    assert "the slice is PREEMPTED and 1 restart(s) are spent: giving up" in result.stderr
+    assert sum(call.endswith("delete") for call in calls) == 1 and len(runs) == 2
+
+
+def test_watch_resumes_on_the_same_slice_when_it_stays_up(worker):
+    # SIGTERM without preemption (maintenance with autocheckpoint): no slice is created again.
+    result, calls, runs = watched(worker, "143 0", False, None)
+    assert result.returncode == 0, result.stderr
+    assert "the slice stays up: resuming it there" in result.stderr
+    assert not any(call.endswith(("delete", "create")) for call in calls) and len(runs) == 2
 
 
 # --- the SLURM job -------------------------------------------------------------------------
