@@ -263,6 +263,20 @@ def test_evaluate_logs_and_stop(dry_env):
     assert "--worker=all" in stop and remote_command(stop).startswith("pkill -TERM -f ")
 
 
+def test_logs_fetches_every_workers_log_to_a_folder_or_a_bucket(dry_env):
+    mkdir, *scps = dry_run(TPU / "logs.sh", *TPU_FLAGS, "--fetch=runs/logs", "--workers=3", "--log=unguided",
+                           env=dry_env)
+    assert mkdir == ["mkdir", "-p", "runs/logs"]
+    assert scps == [["gcloud", "compute", "tpus", "tpu-vm", "scp", "tpu1:fundax/logs/unguided.log",
+                     f"runs/logs/unguided-worker-{n}.log", "--zone=us-west4-a", f"--worker={n}"] for n in range(3)]
+    describe, mkdir, scp, upload, clean = dry_run(TPU / "logs.sh", *TPU_FLAGS, "--fetch=gs://lab/runs/mh/logs/",
+                                                  "--remote-dir=/opt/fundax", env=dry_env)
+    assert describe[4] == "describe" and describe[-1] == "--format=value(networkEndpoints.len())"
+    assert scp[5] == "tpu1:/opt/fundax/logs/train.log" and scp[6] == f"{mkdir[2]}/train-worker-0.log"
+    assert upload == ["gcloud", "storage", "cp", scp[6], "gs://lab/runs/mh/logs/"]
+    assert clean == ["rm", "-rf", mkdir[2]]
+
+
 def test_setup_copies_the_checkout_installs_mounts_and_stages(dry_env):
     commands = dry_run(TPU / "setup.sh", *TPU_FLAGS, "--bucket=gs://lab-bucket/", "--nfs=10.0.0.2:/runs",
                        env=dry_env)
@@ -359,6 +373,8 @@ if os.environ.get("SLICE_STATE") and args[3] in ("describe", "delete", "create")
         f.write(state)
     sys.exit(0)
 homes = os.environ["WORKER_HOME"].split(os.pathsep)
+if args[3:4] == ["describe"] and "--format=value(networkEndpoints.len())" in args:
+    sys.exit(print(len(homes)))
 worker = [a for a in args if a.startswith("--worker=")]
 worker = worker[0].split("=", 1)[1] if worker else "0"
 chosen = list(enumerate(homes)) if worker == "all" else [(int(worker), homes[int(worker)])]
@@ -585,6 +601,19 @@ def test_evaluate_runs_in_the_foreground_on_the_shared_workdir(worker):
     assert run["argv"] == [f"--workdir={home}/runs/mh", "--split=test", "--checkpoint=latest",
                                f"--data_dir={home}/fundax/data", "--batch_size=8"]
     assert "under each worker's home directory" in result.stderr
+
+
+def test_logs_fetches_the_log_of_each_worker(worker):
+    env, tmp = worker["env"], worker["tmp"]
+    homes = [worker["home"], tmp / "worker1"]
+    for n, home in enumerate(homes):
+        (home / "fundax" / "logs").mkdir(parents=True)
+        (home / "fundax" / "logs" / "train.log").write_text(f"worker {n} trained\n")
+    env = env | {"WORKER_HOME": os.pathsep.join(map(str, homes))}
+    result = run_script(TPU / "logs.sh", *TPU_FLAGS, f"--fetch={tmp}/fetched", env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp / "fetched").iterdir()) == ["train-worker-0.log", "train-worker-1.log"]
+    assert (tmp / "fetched" / "train-worker-1.log").read_text() == "worker 1 trained\n"
 
 
 def test_setup_delivers_this_checkout_to_the_workers(worker):
