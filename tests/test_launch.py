@@ -325,11 +325,13 @@ def test_submit_prints_sbatch_with_the_overrides(dry_env, tmp_path):
     sbatch = submit.index("sbatch")
     assert submit[0] == "env" and submit[1:sbatch] == [
         "FINDING=rnfl_defect", f"WORKDIR={ROOT}/runs/rnfl", "DATASET=fundus_findings/manual",
-        "CONFIG=experiments/configs/paper.py", f"FUNDAX_DIR={ROOT}", "DATA_SOURCE=gs://lab/data"]
+        "CONFIG=experiments/configs/paper.py", f"FUNDAX_DIR={ROOT}", "MAX_REQUEUES=20", "DATA_SOURCE=gs://lab/data"]
     assert submit[sbatch:] == [
         "sbatch", "--export=ALL", "--nodes=4", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8",
         "--time=24:00:00", "--job-name=fundax-rnfl_defect", "--partition=gpu", f"--chdir={ROOT}",
         str(SLURM / "train.sbatch"), "--config.guidance_weight=0"]
+    (never,) = dry_run(SLURM / "submit.sh", "--finding=drusen", "--workdir=/runs/d", "--max-requeues=0", env=dry_env)
+    assert "MAX_REQUEUES=0" in never and "--no-requeue" in never
 
 
 def test_quoting_round_trips_through_a_shell(dry_env):
@@ -734,9 +736,11 @@ sys.exit(subprocess.run(args).returncode)
 def test_sbatch_header_runs_one_task_per_gpu():
     header = [line.split()[1] for line in (SLURM / "train.sbatch").read_text().splitlines()
               if line.startswith("#SBATCH")]
-    options = dict(option.removeprefix("--").split("=", 1) for option in header)
+    options = dict((option.removeprefix("--").split("=", 1) + [""])[:2] for option in header)
     assert options["ntasks-per-node"] == options["gpus-per-node"]
-    assert int(options["nodes"]) > 1 and options["signal"].startswith("TERM@")
+    assert int(options["nodes"]) > 1 and options["signal"] == "TERM@120"
+    # A requeued job runs again under its id and appends to the same log.
+    assert "requeue" in options and options["open-mode"] == "append" and "%j" in options["output"]
 
 
 @pytest.mark.parametrize("exit_status", [0, 143])
@@ -744,6 +748,7 @@ def test_sbatch_stages_the_data_per_node_then_trains_on_every_task(exit_status, 
     fake_bin = tmp_path / "fake_bin"
     fake_bin.mkdir()
     write_script(fake_bin / "srun", FAKE_SRUN, interpreter=sys.executable)
+    write_script(fake_bin / "scontrol", 'echo "$*" >>"$SRUN_LOG.scontrol"\n')
     write_script(tmp_path / "python", 'printf "%s\\0" "$@" >"$TRAIN_ARGS"\nexit "$FAKE_EXIT"\n')
     shared = tmp_path / "shared_data" / "fundus_findings"
     shared.mkdir(parents=True)
@@ -751,7 +756,7 @@ def test_sbatch_stages_the_data_per_node_then_trains_on_every_task(exit_status, 
     env = {"PATH": f"{fake_bin}{os.pathsep}{bin_dirs['clean']}", "HOME": str(tmp_path), "USER": "grader",
            "SRUN_LOG": str(tmp_path / "srun.jsonl"), "TRAIN_ARGS": str(tmp_path / "args"),
            "FAKE_EXIT": str(exit_status), "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "8",
-           "SLURM_SUBMIT_DIR": str(ROOT), "FINDING": "drusen", "WORKDIR": str(tmp_path / "runs" / "drusen"),
+           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "4242", "FINDING": "drusen", "WORKDIR": str(tmp_path / "runs" / "drusen"),
            "DATA_SOURCE": str(tmp_path / "shared_data"), "DATA_DIR": str(tmp_path / "local" / "data"),
            "FUNDAX_PYTHON": str(tmp_path / "python")}
     result = subprocess.run(["bash", str(SLURM / "train.sbatch"), "--config.guidance_weight=0", "two words"],
@@ -766,7 +771,33 @@ def test_sbatch_stages_the_data_per_node_then_trains_on_every_task(exit_status, 
         f"--data_dir={tmp_path}/local/data", "--dataset=fundus_findings/manual",
         "--config=experiments/configs/paper.py", f"--config.compilation_cache_dir={tmp_path}/runs/drusen/jax_cache",
         "--config.guidance_weight=0", "two words"]
-    assert ("submit the same job again to resume" in result.stderr) == (exit_status == 143)
+    requeued = tmp_path / "srun.jsonl.scontrol"
+    if exit_status == 143:
+        assert requeued.read_text() == "requeue 4242\n" and "job 4242 requeued (1 of 20)" in result.stderr
+    else:
+        assert not requeued.exists() and "requeue" not in result.stderr
+
+
+@pytest.mark.parametrize("restarts, scontrol, expected", [
+    ("3", "exit 0", "job 4242 requeued (4 of 5)"),
+    ("5", "exit 0", "requeued 5 time(s) already (MAX_REQUEUES=5): submit the same job again"),
+    ("0", "echo 'scontrol: error: Job is being cancelled' >&2; exit 1", "requeueing job 4242 failed"),
+])
+def test_sbatch_requeues_a_stopped_job_a_bounded_number_of_times(restarts, scontrol, expected, bin_dirs, tmp_path):
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    write_script(fake_bin / "srun", FAKE_SRUN, interpreter=sys.executable)
+    write_script(fake_bin / "scontrol", f'echo "$*" >>"{tmp_path}/scontrol"\n{scontrol}\n')
+    write_script(tmp_path / "python", "exit 143\n")
+    env = {"PATH": f"{fake_bin}{os.pathsep}{bin_dirs['clean']}", "HOME": str(tmp_path), "USER": "grader",
+           "SRUN_LOG": str(tmp_path / "srun.jsonl"), "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "4242",
+           "SLURM_RESTART_COUNT": restarts, "MAX_REQUEUES": "5", "FINDING": "drusen",
+           "WORKDIR": str(tmp_path / "runs"), "FUNDAX_PYTHON": str(tmp_path / "python")}
+    result = subprocess.run(["bash", str(SLURM / "train.sbatch")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 143 and expected in result.stderr
+    asked = (tmp_path / "scontrol").read_text() if (tmp_path / "scontrol").exists() else ""
+    assert asked == ("" if restarts == "5" else "requeue 4242\n")
 
 
 def test_sbatch_refuses_to_start_without_finding_or_workdir(bin_dirs, tmp_path):
