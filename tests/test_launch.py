@@ -773,13 +773,13 @@ def test_sbatch_stages_the_data_per_node_then_trains_on_every_task(exit_status, 
         "--config.guidance_weight=0", "two words"]
     requeued = tmp_path / "srun.jsonl.scontrol"
     if exit_status == 143:
-        assert requeued.read_text() == "requeue 4242\n" and "job 4242 requeued (1 of 20)" in result.stderr
+        assert requeued.read_text() == "requeue 4242\n" and "requeueing job 4242 (1 of 20)" in result.stderr
     else:
         assert not requeued.exists() and "requeue" not in result.stderr
 
 
 @pytest.mark.parametrize("restarts, scontrol, expected", [
-    ("3", "exit 0", "job 4242 requeued (4 of 5)"),
+    ("3", "exit 0", "requeueing job 4242 (4 of 5)"),
     ("5", "exit 0", "requeued 5 time(s) already (MAX_REQUEUES=5): submit the same job again"),
     ("0", "echo 'scontrol: error: Job is being cancelled' >&2; exit 1", "requeueing job 4242 failed"),
 ])
