@@ -18,11 +18,13 @@ flag gpus-per-node GPUS_PER_NODE 8 "GPUs per node, one task each"
 flag cpus-per-task CPUS_PER_TASK 8 "CPU cores per task, for decoding photographs"
 flag partition PARTITION "" "SLURM partition (default: the cluster's)"
 flag account ACCOUNT "" "SLURM account to charge"
-flag time TIME_LIMIT 24:00:00 "time limit; fundax saves two minutes before it"
+flag time TIME_LIMIT 24:00:00 "time limit; fundax saves two minutes before it and the job requeues itself"
+flag max-requeues MAX_REQUEUES 20 "how many times the job requeues itself after a stop (0: never)"
 flag job-name JOB_NAME "" "job name (default: fundax-FINDING)"
 flag python FUNDAX_PYTHON "" "Python with fundax[cuda] on the nodes (default: .venv/bin/python of the checkout)"
 parse_flags "$@"
 require FINDING WORKDIR
+[[ $MAX_REQUEUES =~ ^[0-9]+$ ]] || die "--max-requeues must be a whole number, not '$MAX_REQUEUES'"
 
 # The job's tasks start in the checkout: relative paths given here mean the current folder.
 absolute() {
@@ -34,7 +36,7 @@ absolute() {
 }
 
 settings=(FINDING="$FINDING" WORKDIR="$(absolute "$WORKDIR")" DATASET="$DATASET" CONFIG="$CONFIG"
-  FUNDAX_DIR="$REPO_ROOT")
+  FUNDAX_DIR="$REPO_ROOT" MAX_REQUEUES="$MAX_REQUEUES")
 for var in DATA_SOURCE DATA_DIR FUNDAX_PYTHON; do
   if [[ -n ${!var} ]]; then
     settings+=("$var=$(absolute "${!var}")")
@@ -47,6 +49,9 @@ if [[ -n $PARTITION ]]; then
 fi
 if [[ -n $ACCOUNT ]]; then
   resources+=(--account="$ACCOUNT")
+fi
+if ((MAX_REQUEUES == 0)); then
+  resources+=(--no-requeue)
 fi
 
 run env "${settings[@]}" sbatch --export=ALL "${resources[@]}" --chdir="$REPO_ROOT" \

@@ -77,3 +77,53 @@ check_workdir() {
       ;;
   esac
 }
+
+# What holds a worker's TPU: a training of ours, or any process with one of these files open.
+tpu_check_flags() {
+  flag tpu-files TPU_FILES "/dev/accel* /dev/vfio/[0-9]* /tmp/libtpu_lockfile" \
+    "files (patterns) on each worker whose holders are using its TPU"
+}
+
+# Run on every worker by bash -c, with $1 the pattern of a training's command line and the
+# rest TPU_FILES: one line per worker, "fundax-check HOST free" or "fundax-check HOST busy: ...",
+# and status 1 when busy. Other users' processes are seen where sudo needs no password.
+# shellcheck disable=SC2016  # expanded on the workers
+TPU_CHECK_LINES=(
+  'pattern=$1; shift; busy=()'
+  'if pids=$(pgrep -d " " -f "$pattern"); then busy+=("fundax.train is already running (pid $pids)"); fi'
+  'names=(); for file; do names+=(-lname "$file" -o); done'
+  'as_root=(); if sudo -n true 2>/dev/null; then as_root=(sudo -n); fi'
+  'holders=$("${as_root[@]}" find /proc/[0-9]*/fd -maxdepth 1 \( "${names[@]}" -false \) -printf "%h\n" 2>/dev/null | cut -d/ -f3 | sort -un)'
+  'for pid in $holders; do busy+=("pid $pid ($(ps -o comm= -p "$pid" || echo gone)) holds the TPU"); done'
+  'if ((${#busy[@]})); then (IFS=";"; echo "fundax-check $(hostname) busy: ${busy[*]}"); exit 1; fi'
+  'echo "fundax-check $(hostname) free"'
+)
+TPU_CHECK=$(IFS=";"; printf "%s" "${TPU_CHECK_LINES[*]}")
+
+# Run COMMAND on every worker, only once every worker has answered that its TPU is free: a
+# worker that refused while the others started would leave them waiting for it until JAX's
+# initialization times out. One ssh round asks them all; under --dry-run both are printed.
+on_free_workers() {  # COMMAND
+  local files check answers status=0 busy free
+  read -r -a files <<<"$TPU_FILES"
+  check="bash -c $(quote "$TPU_CHECK") fundax-check $R_TRAIN_PATTERN $(quote_words "${files[@]}")"
+  if ((DRY_RUN)); then
+    tpu_ssh all "$check"
+    tpu_ssh all "$1"
+    return
+  fi
+  answers=$(tpu_ssh all "$check") || status=$?
+  busy=$(grep '^fundax-check .* busy: ' <<<"$answers" || true)
+  free=$(grep -c '^fundax-check .* free$' <<<"$answers" || true)
+  if [[ -n $busy ]]; then
+    printf '%s: not started on any worker; these refused:\n' "$SCRIPT_NAME" >&2
+    printf '%s\n' "${busy//fundax-check /  }" >&2
+    exit 1
+  fi
+  if ((status || free == 0)); then
+    printf '%s: not started: not every worker answered (gcloud exited with status %s)\n' "$SCRIPT_NAME" "$status" >&2
+    exit 1
+  fi
+  printf '%s: the TPU is free on all %s workers\n' "$SCRIPT_NAME" "$free" >&2
+  tpu_ssh all "$1"
+}

@@ -3,8 +3,9 @@
 # through a queued resource that waits for capacity.
 set -euo pipefail
 ABOUT="Create a Cloud TPU VM for fundax. Without --queued the request fails when the zone has no
-capacity; with --queued it waits in Cloud TPU's queue. Flags after -- go to gcloud's create
-command (e.g. -- --service-account=SA --scopes=cloud-platform)."
+capacity; with --queued it waits in Cloud TPU's queue. --autocheckpoint (a preview feature, through
+gcloud alpha) has a maintenance event wait until the training has saved. Flags after -- go to
+gcloud's create command (e.g. -- --service-account=SA --scopes=cloud-platform)."
 EXTRA_USAGE="[-- gcloud flags]"
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -14,6 +15,7 @@ flag runtime-version RUNTIME_VERSION "" "TPU software version (default: the base
 switch spot SPOT "Spot VMs: far cheaper, preempted at any time"
 switch queued QUEUED "request through a queued resource"
 flag queued-resource QUEUED_RESOURCE "" "the queued resource's id (default: --name)"
+switch autocheckpoint AUTOCHECKPOINT "before maintenance, SIGTERM the training and wait for its checkpoint (preview: gcloud alpha)"
 parse_flags "$@"
 require_tpu
 require ACCELERATOR_TYPE
@@ -30,21 +32,27 @@ default_runtime() {
 }
 RUNTIME_VERSION=${RUNTIME_VERSION:-$(default_runtime "$ACCELERATOR_TYPE")}
 QUEUED_RESOURCE=${QUEUED_RESOURCE:-$TPU_NAME}
-spot_flag=()
+create_flags=()
 if ((SPOT)); then
-  spot_flag=(--spot)
+  create_flags=(--spot)
+fi
+# Autocheckpoint is a preview: only gcloud's alpha track has --autocheckpoint-enabled.
+gcloud_tpus=(gcloud compute tpus)
+if ((AUTOCHECKPOINT)); then
+  gcloud_tpus=(gcloud alpha compute tpus)
+  create_flags+=(--autocheckpoint-enabled)
 fi
 
 if ((QUEUED)); then
-  run gcloud compute tpus queued-resources create "$QUEUED_RESOURCE" --node-id="$TPU_NAME" "${SCOPE[@]}" \
+  run "${gcloud_tpus[@]}" queued-resources create "$QUEUED_RESOURCE" --node-id="$TPU_NAME" "${SCOPE[@]}" \
     --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME_VERSION" \
-    ${spot_flag[@]+"${spot_flag[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}
+    ${create_flags[@]+"${create_flags[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}
   note "requested; the TPU VM exists once the state is ACTIVE (WAITING_FOR_RESOURCES until then):" \
     "  $(quote_words gcloud compute tpus queued-resources describe "$QUEUED_RESOURCE" "${SCOPE[@]}" --format='value(state.state)')"
 else
-  run gcloud compute tpus tpu-vm create "$TPU_NAME" "${SCOPE[@]}" \
+  run "${gcloud_tpus[@]}" tpu-vm create "$TPU_NAME" "${SCOPE[@]}" \
     --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" \
-    ${spot_flag[@]+"${spot_flag[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}
+    ${create_flags[@]+"${create_flags[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}
   note "the TPU VM is usable once its state is READY:" \
     "  $(quote_words gcloud compute tpus tpu-vm describe "$TPU_NAME" "${SCOPE[@]}" --format='value(state)')"
 fi

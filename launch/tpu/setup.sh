@@ -4,7 +4,8 @@
 set -euo pipefail
 ABOUT="Install fundax on every worker of a TPU VM, from a copy of this checkout (its tracked and
 untracked, not ignored, files) or from --git-url, into a venv with fundax[tpu]; optionally mount
-a Filestore/NFS share for the workdir; copy the prepared dataset from --bucket to local disk.
+a Filestore/NFS share or a Cloud Storage bucket (gcsfuse) for the workdir; copy the prepared
+dataset from --bucket to local disk.
 Each run replaces the code on the workers and keeps their venv."
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -16,10 +17,13 @@ flag python-version PYTHON_VERSION 3.12 "Python of the workers' venv (uv fetches
 flag bucket BUCKET "" "Cloud Storage bucket holding the prepared dataset, gs://BUCKET or BUCKET"
 flag bucket-path BUCKET_PATH data "folder of the prepared dataset (a TFDS data_dir) in the bucket"
 flag nfs NFS_SHARE "" "Filestore/NFS share to mount for the workdir, SERVER:/SHARE"
-flag mount-point MOUNT_POINT /mnt/fundax "where to mount --nfs on every worker"
+flag gcsfuse GCSFUSE "" "Cloud Storage bucket to mount for the workdir with gcsfuse, BUCKET or BUCKET/DIR"
+flag gcsfuse-options GCSFUSE_OPTIONS "" "further gcsfuse flags, e.g. --billing-project=P (split at spaces)"
+flag mount-point MOUNT_POINT /mnt/fundax "where to mount --nfs or --gcsfuse on every worker"
 parse_flags "$@"
 require_tpu
 remote_layout
+[[ -z $NFS_SHARE || -z $GCSFUSE ]] || die "--nfs and --gcsfuse both mount at --mount-point: pass one"
 
 all_workers() {
   tpu_ssh all "$1"
@@ -53,6 +57,33 @@ if [[ -n $NFS_SHARE ]]; then
   all_workers "{ command -v mount.nfs >/dev/null || { sudo apt-get -qq update && sudo apt-get -qq install -y nfs-common; }; } \
 && sudo mkdir -p $mnt && { mountpoint -q $mnt || sudo mount -t nfs -o hard $(quote "$NFS_SHARE") $mnt; } \
 && { test -w $mnt || sudo chmod a+rwx $mnt; }"
+fi
+
+if [[ -n $GCSFUSE ]]; then
+  mnt=$(quote "$MOUNT_POINT")
+  gcs_bucket=${GCSFUSE#gs://}
+  gcs_bucket=${gcs_bucket%/}
+  # Orbax finishes every checkpoint by renaming its folder: gcsfuse refuses folder renames
+  # (in a bucket without hierarchical namespace) unless --rename-dir-limit allows them. Several
+  # workers write the same folders, so none may trust a cached listing or stat
+  # (--metadata-cache-ttl-secs=0, which TPU machine types would otherwise raise to unlimited);
+  # no file cache: the workdir is written far more than read, and the dataset is on local disk.
+  gcsfuse_flags=(--implicit-dirs --rename-dir-limit=200000 --metadata-cache-ttl-secs=0)
+  if [[ $gcs_bucket == */* ]]; then
+    gcsfuse_flags+=(--only-dir="${gcs_bucket#*/}")
+    gcs_bucket=${gcs_bucket%%/*}
+  fi
+  read -r -a more_options <<<"$GCSFUSE_OPTIONS"
+  gcsfuse_flags+=(${more_options[@]+"${more_options[@]}"})
+  # Cloud Storage FUSE's apt repository, as its installation guide gives it.
+  # shellcheck disable=SC2016  # $(...) runs on the workers
+  repo='deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main'
+  all_workers "{ command -v gcsfuse >/dev/null || { echo \"$repo\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null \
+&& curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null \
+&& sudo apt-get -qq update && sudo apt-get -qq install -y gcsfuse; }; } \
+&& { ! mountpoint -q $mnt || sudo umount $mnt; } \
+&& sudo mkdir -p $mnt && sudo chown \"\$(id -u):\$(id -g)\" $mnt \
+&& gcsfuse $(quote_words "${gcsfuse_flags[@]}" "$gcs_bucket") $mnt"
 fi
 
 if [[ -n $BUCKET ]]; then
