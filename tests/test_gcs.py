@@ -289,6 +289,8 @@ def test_a_gs_data_dir_without_the_dataset_is_named(emulator, bucket):
 
 def _run(args, env, timeout=300):
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pathlib.Path("/tmp/spike/failed_stderr.txt").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -330,6 +332,8 @@ def test_a_run_on_gs_killed_and_resumed_equals_an_uninterrupted_one(emulator, re
     assert len(outputs["probability"]) == result["n_positive"] + result["n_negative"] + result["n_excluded"]
 
     report = f"gs://{BUCKET}/report"
-    done = _run([sys.executable, "-m", "fundax.report", interrupted, "--split=test", f"--out={report}"], env)
-    assert "macular_hole" in storage.path(report).joinpath("table1.md").read_text()
-    assert {"table1.md", "table1.csv", "delong.csv"} <= set(storage.list_files(report)), done.stdout
+    done = _run([sys.executable, "-m", "fundax.report", interrupted, "--split=test", f"--out={report}",
+                 "--figure3"], env)
+    assert f"| Macular Hole | {result['auroc']:.4f} |" in storage.path(report).joinpath("table1.md").read_text()
+    assert set(storage.list_files(report)) == {"table1.md", "table1.csv", "delong.csv", "roc.png",
+                                                "figure3_macular_hole.png"}, done.stdout
