@@ -136,11 +136,13 @@ class MetricWriter:
 
     def flush(self) -> None:
         """Write what object storage does not have yet (nothing to do for a local workdir)."""
-        if not (self.enabled and self.remote):
-            return
+        if self.enabled and self.remote:
+            self.tensorboard.flush()
+            self._upload()
+
+    def _upload(self) -> None:
         self._lines = ["".join(self._lines)]
         storage.write_whole(self.path, self._lines[0])
-        self.tensorboard.flush()
         storage.upload_tree(self._local_tensorboard, self._tensorboard_dir, self._uploaded)
         self._flushed_at = time.monotonic()
 
@@ -148,7 +150,7 @@ class MetricWriter:
         if self.enabled:
             self.tensorboard.close()
             if self.remote:
-                self.flush()
+                self._upload()
                 shutil.rmtree(self._local_tensorboard, ignore_errors=True)
 
 

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     try:
         parallel.initialize_from_flags()
         # The whole config is checked, and locked, before anything is prepared, which can take minutes.
-        values = {"finding": FLAGS.finding, "data_dir": str(storage.absolute(FLAGS.data_dir))}
+        data_dir = FLAGS.data_dir if storage.is_remote(FLAGS.data_dir) else os.path.abspath(FLAGS.data_dir)
+        values = {"finding": FLAGS.finding, "data_dir": data_dir}
         if FLAGS.dataset:
             values["dataset"] = FLAGS.dataset
         config = configs.validate(FLAGS.config, jax.device_count(), **values)

@@ -7,6 +7,7 @@ and an anonymous token, tensorstore (Orbax's arrays) by TENSORSTORE_GCS_HTTP_URL
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +160,16 @@ def test_a_damaged_checkpoint_is_moved_aside_on_object_storage(bucket):
     assert not storage.list_files(wd.checkpoint_dir / "2")
 
 
+def test_a_profile_for_gs_is_traced_locally_and_uploaded(bucket):
+    from fundax.loop import Profile
+
+    profile = Profile((0, 1), workdirs.Workdir(bucket).profile_dir, 0)
+    profile.before(0)
+    profile.after(1, jax.jit(lambda x: x * 2)(np.ones(3)))
+    assert not profile.active
+    assert any(name.endswith(".xplane.pb") for name in storage.list_files(workdirs.Workdir(bucket).profile_dir))
+
+
 # --- the lease ------------------------------------------------------------------------------------------
 
 def _lease_record(holder: str, host: str, pid: int, expires: float) -> bytes:
@@ -259,8 +270,6 @@ def test_a_staging_cut_short_leaves_no_copy_that_counts(emulator, tiny_dataset, 
     storage.upload_tree(pathlib.Path(tiny_dataset[1], VERSION), f"{bucket}/{VERSION}")
     target = pathlib.Path(staging.cache_root(), VERSION)
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
     original = storage.download_files
 
@@ -289,8 +298,6 @@ def test_a_gs_data_dir_without_the_dataset_is_named(emulator, bucket):
 
 def _run(args, env, timeout=300):
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        pathlib.Path("/tmp/spike/failed_stderr.txt").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
