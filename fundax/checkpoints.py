@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,13 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fundax import storage
+
 SELECTION_METRICS = {"val_loss": "min", "val_bce": "min", "val_auroc": "max"}
 """The validation numbers a run can select its best checkpoint by, and which way is better."""
+
+ORBAX_COMMIT_FILE = "commit_success.txt"
+"""What Orbax writes last into a step on object storage, where it cannot rename a folder."""
 
 log = logging.getLogger("fundax")
 
@@ -47,8 +51,8 @@ class Checkpoints:
 
     def __init__(self, directory: str | pathlib.Path, keep: int = 3, read_only: bool = False,
                  selection_metric: str = "val_loss", damaged_dir: str | pathlib.Path | None = None):
-        self.directory = pathlib.Path(directory).absolute()
-        self.damaged_dir = pathlib.Path(damaged_dir).absolute() if damaged_dir is not None else None
+        self.directory = storage.absolute(directory)
+        self.damaged_dir = storage.absolute(damaged_dir) if damaged_dir is not None else None
         if selection_metric not in SELECTION_METRICS:
             raise ValueError(f"selection_metric must be one of {', '.join(map(repr, SELECTION_METRICS))}, "
                              f"got {selection_metric!r}")
@@ -125,10 +129,13 @@ class Checkpoints:
             f"checkpoint, step {self.last_complete_step()}, is kept in {self.directory}")
 
     def last_complete_step(self) -> int | None:
-        """The newest step whose folder was finalised on disk (Orbax renames it last)."""
+        """The newest step whose folder was finalised (Orbax renames it last; on object storage,
+        where it cannot, it writes a commit file into it last)."""
         if not self.directory.exists():
             return None
-        return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()), default=None)
+        remote = storage.is_remote(self.directory)
+        return max((int(p.name) for p in self.directory.iterdir()
+                    if p.name.isdigit() and (not remote or (p / ORBAX_COMMIT_FILE).exists())), default=None)
 
     def restore_loop(self, step: int) -> dict[str, Any]:
         """Only the loop state (finding, config, schedule): cheap, no arrays."""
@@ -204,9 +211,9 @@ class Checkpoints:
             target = self.damaged_dir / str(bad)
             if jax.process_index() == 0:
                 if target.exists():
-                    shutil.rmtree(target)
+                    storage.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(self.directory / str(bad)), str(target))
+                storage.move(self.directory / str(bad), target)
             log.warning("checkpoint %d is damaged (%s); moved it to %s and resumed from step %d",
                         bad, why, target, resumed_at)
         if several:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -23,9 +22,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fundax import findings, metrics, models, parallel, pictures, trainer
+from fundax import findings, metrics, models, parallel, pictures, storage, trainer
 from fundax import workdir as workdirs
-from fundax.data import pipeline
+from fundax.data import pipeline, staging
 
 
 class EvaluationError(ValueError):
@@ -63,6 +62,7 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     data_dir = data_dir or config.get("data_dir")
     if not data_dir:
         raise EvaluationError("the run's config names no data_dir: pass --data_dir")
+    data_dir = staging.local_data_dir(config.dataset, data_dir)
     mesh = parallel.make_mesh()
     global_batch = batch_size or config.batch_size
     if global_batch % mesh.size:
@@ -91,7 +91,7 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
     outputs.update(lesion_localisation(config, data_dir, split, outputs))
     result.update(localisation_metrics(outputs, result))
     if jax.process_index() == 0:
-        write_outputs(pathlib.Path(out_dir) if out_dir else workdir.eval_dir, split, result, outputs, ids)
+        write_outputs(storage.path(out_dir) if out_dir else workdir.eval_dir, split, result, outputs, ids)
     return result
 
 
@@ -152,7 +152,8 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
     probability = outputs["probability"].astype(np.float64)
     with np.errstate(divide="ignore"):
         logit = np.log(probability) - np.log1p(-probability)
-    with open(workdirs.eval_file(out_dir, split, "examples"), "w", newline="") as f:
+    with storage.writing(workdirs.eval_file(out_dir, split, "examples")) as local, \
+            open(local, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image_id", "status", "label", "probability", "logit", "air", "pointing_hit", "lesion_share"])
         for k in range(len(ids)):
@@ -162,12 +163,8 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
             writer.writerow([ids[k], status, label, repr(float(probability[k])), repr(float(logit[k])),
                              repr(float(air[k])), int(outputs["pointing_hit"][k]) if known else "",
                              repr(float(outputs["lesion_share"][k])) if known else ""])
-    np.savez_compressed(
-        workdirs.eval_file(out_dir, split, "outputs"), image_id=ids, record_index=outputs["record_index"],
-        probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
-        air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
-        pointing_hit=outputs["pointing_hit"], lesion_share=outputs["lesion_share"],
-        activation_map=outputs["activation_map"].astype(np.float16), logit_map=outputs["logit_map"])
+    with storage.writing(workdirs.eval_file(out_dir, split, "outputs")) as local:
+        _save_outputs(local, ids, outputs)
     scored = outputs["weight"] > 0
     if result["auroc"] is not None:
         from sklearn.metrics import roc_curve
@@ -178,10 +175,16 @@ def write_outputs(out_dir: pathlib.Path, split: str, result: dict[str, Any],
                           title=f"{result['finding']} ({split}, step {result['checkpoint_step']})")
     # The metrics file says the evaluation is complete (experiments/table1.py skips such a
     # run), so it comes last and appears whole.
-    metrics_file = workdirs.eval_file(out_dir, split, "metrics")
-    partial = metrics_file.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, metrics_file)
+    storage.write_whole(workdirs.eval_file(out_dir, split, "metrics"), json.dumps(result, indent=2) + "\n")
+
+
+def _save_outputs(path: pathlib.Path, ids: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(
+        path, image_id=ids, record_index=outputs["record_index"],
+        probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
+        air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
+        pointing_hit=outputs["pointing_hit"], lesion_share=outputs["lesion_share"],
+        activation_map=outputs["activation_map"].astype(np.float16), logit_map=outputs["logit_map"])
 
 
 def summary(result: dict[str, Any]) -> str:

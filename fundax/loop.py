@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import pathlib
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -23,9 +25,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fundax import checkpoints, configs, evaluation, finetune, metrics, models, optimizer, provenance, reliability
-from fundax import parallel, stall, trainer
+from fundax import parallel, stall, storage, trainer
 from fundax import workdir as workdirs
-from fundax.data import pipeline
+from fundax.data import pipeline, staging
 from fundax.parallel import AXIS, make_mesh
 
 log = logging.getLogger("fundax")
@@ -81,39 +83,76 @@ class LoopState:
 
 
 class MetricWriter:
-    """The run's metrics log and TensorBoard event files (process 0 only)."""
+    """The run's metrics log and TensorBoard event files (process 0 only).
+
+    In a local workdir each line is appended as it comes. On object storage, where an append is
+    a rewrite, the log is kept in memory and written whole by :meth:`flush` — before each
+    checkpoint, so a resumed run finds every line up to its step, at most every
+    ``FLUSH_EVERY_S`` otherwise, and at the end — and TensorBoard writes to a local folder whose
+    event files are uploaded to the workdir's at each flush.
+    """
+
+    FLUSH_EVERY_S = 60.0
 
     def __init__(self, workdir: workdirs.Workdir, resume_step: int):
         self.enabled = jax.process_index() == 0
         self.path = workdir.metrics_log
         if not self.enabled:
             return
-        truncate_metrics(self.path, resume_step)
+        kept = truncate_metrics(self.path, resume_step)
         from tensorboardX import SummaryWriter
 
-        self.tensorboard = SummaryWriter(str(workdir.tensorboard))
+        self.remote = storage.is_remote(self.path)
+        self._lines, self._flushed_at = [kept], time.monotonic()
+        self._tensorboard_dir = workdir.tensorboard
+        self._local_tensorboard = tempfile.mkdtemp(prefix="fundax_tensorboard_") if self.remote else None
+        self._uploaded: dict[str, int] = {}
+        self.tensorboard = SummaryWriter(self._local_tensorboard or str(workdir.tensorboard))
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry) + "\n"
+        if not self.remote:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._flushed_at >= self.FLUSH_EVERY_S:
+            self.flush()
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        self._append({"step": step, "split": split, **metrics})
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
 
     def note(self, step: int, kind: str, message: str) -> None:
         """A line of text in the metrics log (not TensorBoard), e.g. the stall detector's."""
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "split": kind, "message": message}) + "\n")
+            self._append({"step": step, "split": kind, "message": message})
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.enabled:
             self.tensorboard.add_scalar(name, value, step)
 
+    def flush(self) -> None:
+        """Write what object storage does not have yet (nothing to do for a local workdir)."""
+        if self.enabled and self.remote:
+            self.tensorboard.flush()
+            self._upload()
+
+    def _upload(self) -> None:
+        self._lines = ["".join(self._lines)]
+        storage.write_whole(self.path, self._lines[0])
+        storage.upload_tree(self._local_tensorboard, self._tensorboard_dir, self._uploaded)
+        self._flushed_at = time.monotonic()
+
     def close(self) -> None:
         if self.enabled:
             self.tensorboard.close()
+            if self.remote:
+                self._upload()
+                shutil.rmtree(self._local_tensorboard, ignore_errors=True)
 
 
 class Profile:
@@ -127,11 +166,16 @@ class Profile:
     def __init__(self, window: tuple[int, int] | None, directory: pathlib.Path, process: int):
         self.window, self.directory, self.process = window, directory, process
         self.active = False
+        # The profiler writes local files only: a trace for object storage is uploaded when it ends.
+        self._local = None
 
     def before(self, step: int) -> None:
         if self.window is not None and step == self.window[0] and not self.active:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            if storage.is_remote(self.directory):
+                self._local = tempfile.mkdtemp(prefix="fundax_profile_")
+            else:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(self._local or str(self.directory), create_perfetto_trace=True)
             self.active = True
 
     def after(self, step: int, outputs: Any) -> None:
@@ -145,6 +189,9 @@ class Profile:
         if self.active:
             self.active = False
             jax.profiler.stop_trace()
+            if self._local is not None:
+                storage.upload_tree(self._local, self.directory)
+                shutil.rmtree(self._local, ignore_errors=True)
 
 
 class SaveClock:
@@ -171,13 +218,13 @@ class SaveClock:
         return due
 
 
-def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-    """Keep the entries up to ``last_step``: a resumed run writes the later ones again.
+def truncate_metrics(path: pathlib.Path, last_step: int) -> str:
+    """Keep the entries up to ``last_step``: a resumed run writes the later ones again. Returns them.
 
     A line cut short by a killed process is dropped with them.
     """
     if not path.exists():
-        return
+        return ""
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -186,9 +233,8 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
             continue
         if entry["step"] <= last_step:
             kept.append(line + "\n")
-    partial = path.with_suffix(".jsonl.tmp")
-    partial.write_text("".join(kept), encoding="utf-8")
-    partial.replace(path)
+    storage.write_whole(path, "".join(kept))
+    return "".join(kept)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -212,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     mesh = make_mesh()
     if not isinstance(config, ml_collections.FrozenConfigDict):
         config = configs.validate(config, mesh.size)
+    data_dir = stage_data(config.dataset, data_dir)
     with contextlib.ExitStack() as stack:
         # Process 0 holds the workdir; when it is refused, every process stops with its line.
         refused = None
@@ -223,6 +270,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         parallel.raise_together(refused, reliability.WorkdirError)
         signals = stack.enter_context(reliability.StopSignals())
         return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
+
+
+def stage_data(dataset: str, data_dir: str | pathlib.Path) -> str:
+    """The local data_dir to read ``dataset`` from (:func:`fundax.data.staging.local_data_dir`), on every
+    process; when one host cannot stage it, every process stops with that host's line."""
+    problem, local = None, str(data_dir)
+    try:
+        local = staging.local_data_dir(dataset, data_dir)
+    except (pipeline.DatasetError, OSError) as e:
+        problem = e if isinstance(e, pipeline.DatasetError) else pipeline.DatasetError(
+            f"cannot stage {dataset} from {data_dir}: {e}")
+    parallel.raise_together(problem, pipeline.DatasetError)
+    return local
 
 
 class ConfigChangeError(ValueError):
@@ -311,9 +371,9 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
         log.warning("step %d: %s", resumed_at, text)
         writer.note(resumed_at, "config_change", text)
         if process == 0:
-            with open(workdir.config_changes, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": resumed_at, "changes": {k: list(v) for k, v in changes.items()},
-                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            storage.append_text(workdir.config_changes, json.dumps({
+                "step": resumed_at, "changes": {k: list(v) for k, v in changes.items()},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
     train_step = trainer.make_train_step(model, tx, config, mesh)
     eval_step = trainer.make_eval_step(model, config, mesh)
     batch_sharding = NamedSharding(mesh, P(AXIS))
@@ -335,6 +395,7 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
 
     def save(selection: dict[str, float] | None = None) -> None:
         check_finite()
+        writer.flush()
         ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=selection)
         clock.saved()
 
@@ -447,8 +508,9 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
     return {"step": step, "best_step": loop.best_step, "selection_metric": config.selection_metric,
             "best_score": loop.best_score, "evals_at_floor": loop.evals_at_floor,
             "stopped_early": loop.stopped_early, "checkpoints": str(ckpts.directory),
-            "metrics": str(workdir.metrics_log.absolute()), "tensorboard": str(workdir.tensorboard.absolute()),
-            **({"profile": str(workdir.profile_dir.absolute())} if profile.window else {}),
+            "metrics": str(storage.absolute(workdir.metrics_log)),
+            "tensorboard": str(storage.absolute(workdir.tensorboard)),
+            **({"profile": str(storage.absolute(workdir.profile_dir))} if profile.window else {}),
             **validation}
 
 

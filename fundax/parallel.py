@@ -16,6 +16,8 @@ import os
 import jax
 import numpy as np
 
+from fundax import storage
+
 AXIS = "data"
 """The mesh's one axis: the global batch is split over it."""
 
@@ -143,8 +145,8 @@ def initialize_from_flags() -> None:
 
 def enable_compilation_cache(directory: str) -> None:
     """Keep compiled steps on disk, so a restarted run skips recompiling them."""
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
+    storage.path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
     # Cache every step, however quick it compiled: the train step is the one that matters.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

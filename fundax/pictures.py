@@ -116,9 +116,11 @@ def _pyplot():
 
 
 def _save(fig, out_path: str | os.PathLike, **savefig_kwargs) -> pathlib.Path:
-    out = pathlib.Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, **savefig_kwargs)
+    from fundax import storage
+
+    out = storage.path(out_path)
+    with storage.writing(out) as local:
+        fig.savefig(local, **savefig_kwargs)
     _pyplot().close(fig)
     return out
 

@@ -11,13 +11,12 @@ table, the DeLong tests and every run's provenance.
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from absl import flags
 from absl import logging as absl_logging
 
-from fundax import cli, pictures, reporting
+from fundax import cli, pictures, reporting, storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("split", "test", "The evaluated split to report.")
@@ -31,7 +30,7 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         raise cli.UsageError("give one or more evaluated run directories")
     absl_logging.set_verbosity(absl_logging.ERROR)
-    out_dir = pathlib.Path(FLAGS.out)
+    out_dir = storage.path(FLAGS.out)
     try:
         runs = [reporting.load_run(d, FLAGS.split) for d in argv[1:]]
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from fundax import findings, metrics, models, pictures, provenance
+from fundax import findings, metrics, models, pictures, provenance, storage
 from fundax import workdir as workdirs
 
 MODEL_ORDER = ("Inception-v3", "With", "Without")
@@ -69,7 +69,7 @@ class Run:
 
 
 def load_run(workdir: str | pathlib.Path, split: str) -> Run:
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)
     try:
         workdirs.Workdir(workdir).check_exists()
         config = workdirs.saved_config(workdir)
@@ -168,7 +168,7 @@ def write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
         path.write_text("")
         return
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
+    with storage.writing(path) as local, open(local, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
@@ -178,7 +178,7 @@ def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[
             num_images: int) -> list[pathlib.Path]:
     """Per finding, a Fig. 3 panel: photograph, regional cue, map with guidance, map without."""
     from fundax import regions
-    from fundax.data import pipeline
+    from fundax.data import pipeline, staging
 
     written = []
     for finding in dict.fromkeys(r.finding for r in runs):
@@ -199,7 +199,8 @@ def figure3(runs: list[Run], split: str, out_dir: pathlib.Path, image_ids: list[
             picks = [k for k in np.argsort(-out_g["probability"]) if positive[k]][:num_images]
         if not picks:
             continue
-        source = pipeline.open_split(guided.config["dataset"], guided.config["data_dir"], split)
+        data_dir = staging.local_data_dir(guided.config["dataset"], guided.config["data_dir"])
+        source = pipeline.open_split(guided.config["dataset"], data_dir, split)
         grid = models.activation_grid(ml_collections.ConfigDict(guided.config))
         rows = []
         for k in picks:

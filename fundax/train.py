@@ -22,7 +22,7 @@ import jax
 from absl import flags
 from absl import logging as absl_logging
 
-from fundax import checkpoints, cli, configs, findings, parallel, reliability
+from fundax import checkpoints, cli, configs, findings, parallel, reliability, storage
 from fundax import workdir as workdirs
 
 FLAGS = flags.FLAGS
@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
     try:
         parallel.initialize_from_flags()
         # The whole config is checked, and locked, before anything is prepared, which can take minutes.
-        values = {"finding": FLAGS.finding, "data_dir": os.path.abspath(FLAGS.data_dir)}
+        data_dir = FLAGS.data_dir if storage.is_remote(FLAGS.data_dir) else os.path.abspath(FLAGS.data_dir)
+        values = {"finding": FLAGS.finding, "data_dir": data_dir}
         if FLAGS.dataset:
             values["dataset"] = FLAGS.dataset
         config = configs.validate(FLAGS.config, jax.device_count(), **values)
@@ -83,7 +84,8 @@ def main(argv: list[str]) -> int:
             hint = "; for a run sized for a CPU use --config=experiments/configs/cpu_demo.py" \
                 if config.image_size > 128 else ""
             log.warning("no accelerator found: training on %d CPU device(s)%s", jax.device_count(), hint)
-        if config.dataset == "fundus_findings/synthetic":
+        # A gs:// data_dir holds a set prepared elsewhere; the loop stages it (fundax.data.staging).
+        if config.dataset == "fundus_findings/synthetic" and not storage.is_remote(config.data_dir):
             problem = None
             try:
                 prepare_embedded(config)

@@ -11,17 +11,23 @@ No other module builds a path inside a workdir; they ask :class:`Workdir`::
       damaged_checkpoints/      checkpoints that failed to restore, moved aside
       eval/<split>_metrics.json, <split>_examples.csv, <split>_outputs.npz, <split>_roc.png
       profile/                  jax.profiler traces (config.profile_steps)
-      jax_cache/                compiled steps (the default compilation cache)
-      .fundax.lock, .fundax.holder   the lock of the process writing the run
+      jax_cache/                compiled steps (the default compilation cache; on this machine's
+                                disk, ``~/.cache/fundax/jax_cache/...``, for a gs:// workdir)
+      .fundax.lock, .fundax.holder   the lock of the process writing the run (gs://: a lease in .fundax.lock)
+
+A workdir may be a local folder or a ``gs://`` location (:mod:`fundax.storage`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 from typing import Any
 
 import ml_collections
+
+from fundax import storage
 
 CONFIG = "config.json"
 RUN_SECTION = "fundax_run"
@@ -36,14 +42,14 @@ class NotAWorkdirError(ValueError):
 
 def eval_file(directory: str | pathlib.Path, split: str, kind: str) -> pathlib.Path:
     """One evaluation file of ``split`` in ``directory`` (a workdir's ``eval/``, or another ``--out_dir``)."""
-    return pathlib.Path(directory) / f"{split}{EVAL_KINDS[kind]}"
+    return storage.path(directory) / f"{split}{EVAL_KINDS[kind]}"
 
 
 class Workdir:
     """The paths of one run folder."""
 
     def __init__(self, path: str | pathlib.Path):
-        self.path = pathlib.Path(path)
+        self.path = storage.path(path)
 
     def __repr__(self) -> str:
         return f"Workdir({str(self.path)!r})"
@@ -58,11 +64,17 @@ class Workdir:
     config_changes = property(lambda self: self.path / "config_changes.jsonl")
     metrics_log = property(lambda self: self.path / "metrics.jsonl")
     tensorboard = property(lambda self: self.path / "tensorboard")
-    checkpoint_dir = property(lambda self: self.path.absolute() / "checkpoints")
-    damaged_checkpoint_dir = property(lambda self: self.path.absolute() / "damaged_checkpoints")
+    checkpoint_dir = property(lambda self: storage.absolute(self.path) / "checkpoints")
+    damaged_checkpoint_dir = property(lambda self: storage.absolute(self.path) / "damaged_checkpoints")
     eval_dir = property(lambda self: self.path / "eval")
     profile_dir = property(lambda self: self.path / "profile")
-    compilation_cache = property(lambda self: self.path.absolute() / "jax_cache")
+    @property
+    def compilation_cache(self) -> pathlib.Path:
+        # JAX would read the cache object by object through gcsfs; a local copy per machine is faster.
+        if storage.is_remote(self.path):
+            return storage.local_cache("jax_cache", str(self.path).replace("://", "/", 1))
+        return self.path.absolute() / "jax_cache"
+
     lock_file = property(lambda self: self.path / ".fundax.lock")
     holder_file = property(lambda self: self.path / ".fundax.holder")
 
@@ -118,11 +130,8 @@ def run_info(workdir: str | pathlib.Path | Workdir) -> dict[str, Any]:
 def write_config(workdir: str | pathlib.Path | Workdir, config: ml_collections.ConfigDict,
                  info: dict[str, Any]) -> None:
     """``config.json``: the resolved config and the run section ``info``, written whole or not at all."""
-    path = as_workdir(workdir).config_file
     data = json.loads(config.to_json_best_effort()) | {RUN_SECTION: info}
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+    storage.write_whole(as_workdir(workdir).config_file, json.dumps(data, indent=2) + "\n")
 
 
 def load_config(workdir: str | pathlib.Path | Workdir) -> ml_collections.FrozenConfigDict:
@@ -156,7 +165,7 @@ def read_eval_outputs(workdir: str | pathlib.Path | Workdir, split: str) -> dict
     """The per-example arrays of the run's evaluation of ``split`` (``<split>_outputs.npz``)."""
     import numpy as np
 
-    with np.load(as_workdir(workdir).eval_file(split, "outputs")) as data:
+    with np.load(io.BytesIO(as_workdir(workdir).eval_file(split, "outputs").read_bytes())) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -215,7 +224,7 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[Workdir, str]:
     head, sep, tail = text.rpartition(":")
     if sep and (tail.isdigit() or tail in ("best", "latest")) and head:
         text, which = head, tail
-    p = pathlib.Path(text)
+    p = storage.path(text)
     if which is None and p.name.isdigit() and p.parent.name == "checkpoints":
         p, which = p.parent.parent, p.name
     wd = Workdir(p)
@@ -231,8 +240,11 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[Workdir, str]:
 
 
 def lock(workdir: str | pathlib.Path | Workdir):
-    """The run's :class:`fundax.reliability.WorkdirLock`: one training at a time in a workdir."""
+    """The run's :class:`fundax.reliability.WorkdirLock` (a :class:`~fundax.reliability.WorkdirLease` on
+    object storage): one training at a time in a workdir."""
     from fundax import reliability
 
     wd = as_workdir(workdir)
+    if storage.is_remote(wd.path):
+        return reliability.WorkdirLease(wd.lock_file)
     return reliability.WorkdirLock(wd.lock_file, wd.holder_file)

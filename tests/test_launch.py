@@ -142,7 +142,6 @@ def test_help_lists_the_flags_and_needs_none(name, dry_env):
     ("setup.sh", ["--zone=us-west4-a"], "missing --name"),
     ("train.sh", TPU_FLAGS, "missing --finding (or set FINDING)"),
     ("train.sh", [*TPU_FLAGS, "--finding=drusen"], "missing --workdir (or set WORKDIR)"),
-    ("train.sh", [*TPU_FLAGS, "--finding=drusen", "--workdir=gs://bucket/runs"], "not gs:// URLs"),
     ("evaluate.sh", TPU_FLAGS, "missing --workdir"),
     ("logs.sh", [], "missing --name"),
     ("stop.sh", ["--name=tpu1"], "missing --zone"),
@@ -804,3 +803,11 @@ def test_sbatch_refuses_to_start_without_finding_or_workdir(bin_dirs, tmp_path):
     result = subprocess.run(["bash", str(SLURM / "train.sbatch")], capture_output=True, text=True,
                             env={"PATH": str(bin_dirs["clean"]), "WORKDIR": str(tmp_path)})
     assert result.returncode != 0 and "set FINDING" in result.stderr
+
+
+def test_a_gs_workdir_is_passed_on_as_it_is(dry_env):
+    _check, start = dry_run(TPU / "train.sh", *TPU_FLAGS, "--finding=drusen", "--workdir=gs://lab/runs/drusen",
+                            env=dry_env)
+    assert "--workdir=gs://lab/runs/drusen " in remote_command(start)
+    _check, evaluate = dry_run(TPU / "evaluate.sh", *TPU_FLAGS, "--workdir=gs://lab/runs/drusen", env=dry_env)
+    assert "python -m fundax.evaluate --workdir=gs://lab/runs/drusen " in remote_command(evaluate)

@@ -30,7 +30,7 @@ tpu_scope() {
 
 # A worker path as the worker's shell should read it: relative ones under "$HOME".
 remote_path() {
-  if [[ $1 == /* ]]; then
+  if [[ $1 == /* || $1 == gs://* ]]; then
     quote "$1"
   else
     # shellcheck disable=SC2016  # $HOME is the worker's
@@ -66,10 +66,7 @@ require_tpu() {
 # The shared workdir of a pod run, as fundax can use it today: a path on a file system.
 check_workdir() {
   case $WORKDIR in
-    gs://*)
-      die "fundax reads its workdir through the file system, not gs:// URLs: mount the bucket" \
-        "(gcsfuse) or a Filestore share on every worker and pass its path (see launch/README.md)"
-      ;;
+    gs://*) ;;  # fundax opens it through Cloud Storage's API (launch/README.md)
     /*) ;;
     *)
       note "warning: $WORKDIR is under each worker's home directory;" \
