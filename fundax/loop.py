@@ -261,15 +261,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     data_dir = stage_data(config.dataset, data_dir)
     with contextlib.ExitStack() as stack:
         # Process 0 holds the workdir; when it is refused, every process stops with its line.
-        refused = None
+        refused, held = None, None
         if jax.process_index() == 0:
             try:
-                stack.enter_context(workdirs.lock(workdir))
+                held = stack.enter_context(workdirs.lock(workdir))
             except reliability.WorkdirError as e:
                 refused = e
         parallel.raise_together(refused, reliability.WorkdirError)
         signals = stack.enter_context(reliability.StopSignals())
-        return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change)
+        return _train(config, workdir, data_dir, mesh, signals, show_progress, allow_config_change, held)
 
 
 def stage_data(dataset: str, data_dir: str | pathlib.Path) -> str:
@@ -306,7 +306,7 @@ def check_resume_config(saved: dict[str, Any] | None, config: ml_collections.Con
 
 def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_dir: str | pathlib.Path,
            mesh: jax.sharding.Mesh, signals: reliability.StopSignals, show_progress: bool,
-           allow_config_change: bool) -> dict[str, Any]:
+           allow_config_change: bool, held: Any = None) -> dict[str, Any]:
     # Read before the restore, a collective, so that process 0 cannot have rewritten it yet.
     try:
         saved, info = workdirs.saved_config(workdir), workdirs.run_info(workdir)
@@ -395,6 +395,14 @@ def _train(config: ml_collections.ConfigDict, workdir: workdirs.Workdir, data_di
 
     def save(selection: dict[str, float] | None = None) -> None:
         check_finite()
+        # A lease on object storage can be taken over (its renewal failed for minutes): then another
+        # training owns the workdir, and this one must not write a checkpoint into it.
+        lost = None
+        if getattr(held, "lost", False):
+            lost = reliability.WorkdirError(
+                f"the lock of {workdir.path} was taken over by another training: stopped at step {step} without "
+                f"saving it; the last checkpoint written by this run is step {ckpts.latest_step()}")
+        parallel.raise_together(lost, reliability.WorkdirError)
         writer.flush()
         ckpts.save(step, state, _loop_json(loop, config, sums), data_iter, metrics=selection)
         clock.saved()

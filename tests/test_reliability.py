@@ -320,3 +320,21 @@ def test_checkpoint_every_minutes_must_not_be_negative():
 
     with pytest.raises(configs.ConfigError, match="checkpoint_every_minutes must be >= 0"):
         configs.validate(fakes.tiny_config(checkpoint_every_minutes=-1.0), 1)
+
+
+def test_a_training_whose_lease_was_taken_over_stops_before_writing_a_checkpoint(prepared_dir, tmp_path,
+                                                                                   monkeypatch):
+    class TakenOver:  # a WorkdirLease whose renewal found another holder
+        lost = True
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(workdirs, "lock", lambda workdir: TakenOver())
+    with pytest.raises(reliability.WorkdirError, match="taken over by another training: stopped at step 2 "
+                                                       "without saving it"):
+        _train_steps(prepared_dir, tmp_path, 4)
+    assert not any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
