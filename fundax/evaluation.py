@@ -80,6 +80,9 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
 
     scored = outputs["weight"] > 0
     labels = outputs["label"][scored]
+    without_cue = positives_without_cue(outputs)
+    # AIR is undefined for a positive without a regional cue: nan leaves it out of AIR, counted.
+    outputs["air_inside"] = np.where(without_cue, np.nan, outputs["air_inside"])
     result = {
         "finding": config.finding, "split": split, "checkpoint_step": step,
         "model_name": config.model, "guidance_weight": config.guidance_weight,
@@ -87,12 +90,22 @@ def evaluate(workdir: str | pathlib.Path, split: str = "test", which: str = "bes
                                      outputs["air_inside"][scored], outputs["air_total"][scored]),
         "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum()),
         "n_excluded": int((~scored).sum()),
+        "n_positive_without_cue": int((without_cue & scored).sum()),
     }
+    if result["n_positive_without_cue"]:
+        result["notes"].append(f"AIR leaves out {result['n_positive_without_cue']} positive(s) whose regions no "
+                               "grader marked (image-level labels): they have no regional cue")
     outputs.update(lesion_localisation(config, data_dir, split, outputs))
     result.update(localisation_metrics(outputs, result))
     if jax.process_index() == 0:
         write_outputs(storage.path(out_dir) if out_dir else workdir.eval_dir, split, result, outputs, ids)
     return result
+
+
+def positives_without_cue(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Bool per example: a positive whose regions no grader marked (``guided`` 0), for which AIR is undefined."""
+    guided = outputs.get("guided", np.ones_like(outputs["weight"]))
+    return (outputs["label"] > 0) & (guided == 0)
 
 
 def lesion_localisation(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str,
@@ -182,7 +195,7 @@ def _save_outputs(path: pathlib.Path, ids: np.ndarray, outputs: dict[str, np.nda
     np.savez_compressed(
         path, image_id=ids, record_index=outputs["record_index"],
         probability=outputs["probability"], label=outputs["label"], weight=outputs["weight"],
-        air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
+        guided=outputs.get("guided", np.ones_like(outputs["weight"])), air_inside=outputs["air_inside"], air_total=outputs["air_total"], lesion_known=outputs["lesion_known"],
         pointing_hit=outputs["pointing_hit"], lesion_share=outputs["lesion_share"],
         activation_map=outputs["activation_map"].astype(np.float16), logit_map=outputs["logit_map"])
 

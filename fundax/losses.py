@@ -96,8 +96,12 @@ def total_loss(
     guidance_weight: float | jax.Array = 1.0,
     epsilon: float = EPSILON,
     guidance_form: str = "eq2",
+    guidance_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 3: ``L_class + lambda * L_guide`` with lambda = ``guidance_weight``.
+
+    ``guidance_weights`` (default ``weights``) are the per-example weights of the guidance term:
+    0 for a positive without a regional cue (an image-level label), whose BCE still counts.
 
     lambda = 1 is the paper's setting; lambda = 0 is its "without guidance"
     model; during a guidance warm-up (:func:`fundax.trainer.guidance_weight_at`)
@@ -105,6 +109,7 @@ def total_loss(
     ``classification`` and ``guidance`` (the guidance part before lambda).
     """
     classification = classification_loss(logits, labels, weights)
-    guidance = guidance_loss(activation_map, region_mask, weights, epsilon, guidance_form)
+    guidance = guidance_loss(activation_map, region_mask, weights if guidance_weights is None else guidance_weights,
+                             epsilon, guidance_form)
     total = classification + guidance_weight * guidance
     return total, {"total": total, "classification": classification, "guidance": guidance}

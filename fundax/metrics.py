@@ -364,7 +364,10 @@ def validation_metrics(outputs: dict[str, np.ndarray], guidance_weight: float, e
     w = outputs["weight"]
     total = float(w.sum())
     bce = float((w * outputs["bce"]).sum() / total) if total else 0.0
-    guidance = float((w * outputs["guidance"]).sum() / total) if total else 0.0
+    # The guidance term over the examples with a regional cue, as in training (eq. 3).
+    wg = w * outputs["guided"] if "guided" in outputs else w
+    total_guided = float(wg.sum())
+    guidance = float((wg * outputs["guidance"]).sum() / total_guided) if total_guided else 0.0
     scored = w > 0
     labels = outputs["label"][scored]
     metrics = {"val_loss": bce + guidance_weight * guidance, "val_bce": bce, "val_guidance": guidance,

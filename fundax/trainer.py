@@ -119,8 +119,8 @@ def _global_positions(batch: dict[str, jax.Array]) -> jax.Array:
 
 
 def training_loss(outputs: dict[str, jax.Array], labels: jax.Array, region_mask: jax.Array, weights: jax.Array,
-                  config: ml_collections.ConfigDict, guidance_weight: jax.Array | float
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  config: ml_collections.ConfigDict, guidance_weight: jax.Array | float,
+                  guidance_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eq. 3 with lambda = ``guidance_weight`` (this step's, see :func:`guidance_weight_at`), plus
     ``inception_v3.aux_weight`` times the auxiliary head's BCE when the model has one.
 
@@ -129,7 +129,7 @@ def training_loss(outputs: dict[str, jax.Array], labels: jax.Array, region_mask:
     total, parts = losses.total_loss(
         logits=outputs["logit"], activation_map=outputs["activation_map"], labels=labels,
         region_mask=region_mask, weights=weights, guidance_weight=guidance_weight,
-        epsilon=config.epsilon, guidance_form=config.guidance_form)
+        epsilon=config.epsilon, guidance_form=config.guidance_form, guidance_weights=guidance_weights)
     if "aux_logit" in outputs:
         total = total + config.inception_v3.aux_weight * losses.classification_loss(
             outputs["aux_logit"], labels, weights)
@@ -142,7 +142,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     """``train_step(state, batch) -> (state, metrics)``, jitted, state donated.
 
     ``batch``: global arrays ``image`` uint8 (B, S, S, 3), ``disc`` and ``fovea``
-    (B, 2), ``region_bits`` int32 (B,), ``label`` and ``weight`` float32 (B,).
+    (B, 2), ``region_bits`` int32 (B,), ``label`` and ``weight`` float32 (B,), and optionally
+    ``guided`` float32 (B,): 0 for a positive without a regional cue, whose guidance term is left
+    out (default: 1 for every example).
     """
     grid = models.activation_grid(config)
     aug = augment_config(config)
@@ -158,14 +160,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         # Each device's loss is a weighted mean over its examples; scaled by its share
         # of the weight, the psum over devices is the weighted mean over the global batch.
         share = jnp.where(total_weight > 0, local_weight / jnp.maximum(total_weight, 1e-12), 0.0)
+        # The guidance term is a mean over the examples that have a regional cue: its own share.
+        guide_weights = batch["weight"] * batch["guided"] if "guided" in batch else batch["weight"]
+        local_guided = jnp.sum(guide_weights)
+        total_guided = jax.lax.psum(local_guided, AXIS)
+        share_guided = jnp.where(total_guided > 0, local_guided / jnp.maximum(total_guided, 1e-12), 0.0)
         lam = guidance_weight_at(state.step, state.guidance_start, config)
 
         def loss_fn(params):
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                 mutable=["batch_stats"])
-            total, parts = training_loss(outputs, batch["label"], masks, batch["weight"], config, lam)
-            return total * share, (parts, updates["batch_stats"])
+            total, parts = training_loss(outputs, batch["label"], masks, batch["weight"], config, lam,
+                                         guidance_weights=guide_weights)
+            # total * share weighs the guidance term by share; move it to share_guided (the same
+            # number, and exactly so, when every example has a cue).
+            objective = total * share + lam * parts["guidance"] * (share_guided - share)
+            return objective, (dict(parts, objective=objective), updates["batch_stats"])
 
         # The params enter replicated; shard_map's autodiff transposes that broadcast
         # into a psum, so these gradients are already summed over the devices.
@@ -173,8 +184,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updated = state.replace(params=optax.apply_updates(state.params, updates),
                                 batch_stats=batch_stats, opt_state=opt_state)
-        names = {"loss": "total", "bce": "classification", "guidance": "guidance"}
-        metrics = {name: jax.lax.psum(parts[part] * share, AXIS) for name, part in names.items()}
+        metrics = {"loss": jax.lax.psum(parts["objective"], AXIS),
+                   "bce": jax.lax.psum(parts["classification"] * share, AXIS),
+                   "guidance": jax.lax.psum(parts["guidance"] * share_guided, AXIS)}
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["weight"] = total_weight
         metrics["guidance_weight"] = lam
@@ -192,7 +204,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """``eval_step(state, batch) -> per-example outputs``, jitted; no augmentation.
 
-    Returns, per example: ``probability``, ``label``, ``weight``, ``record_index``,
+    Returns, per example: ``probability``, ``label``, ``weight``, ``guided`` (0: a positive without a
+    regional cue, see :func:`make_train_step`), ``record_index``,
     ``activation_map`` and the ``logit_map`` it is the sigmoid of, the per-example losses ``bce``
     and ``guidance``, and the AIR terms ``air_inside`` (sum of A inside the regional cue) and
     ``air_total`` (sum of A).
@@ -214,6 +227,7 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: ja
             "probability": jax.nn.sigmoid(outputs["logit"]),
             "label": batch["label"],
             "weight": batch["weight"],
+            "guided": batch["guided"] if "guided" in batch else jnp.ones_like(batch["weight"]),
             "record_index": batch["record_index"],
             "activation_map": activation,
             "logit_map": outputs["logit_map"],

@@ -250,10 +250,25 @@ def test_unknown_region_lists_valid_ones(tmp_path):
     assert all(name in reason for name in regions_lib.REGIONS)
 
 
-@pytest.mark.parametrize("regions", [[], "macula", None, {"macula": 1}])
+@pytest.mark.parametrize("regions", [[], "macula", {"macula": 1}])
 def test_finding_without_region_list(tmp_path, regions):
     reason = rejected(tmp_path, grader_line({"annotator": "r01", "findings": {"membrane": regions}}))
-    assert "finding 'membrane' needs a non-empty list of regions" in reason
+    assert "finding 'membrane' needs a non-empty list of regions, or null for an image-level label" in reason
+
+
+def test_a_finding_without_regions_is_an_image_level_label_that_votes():
+    text = line(annotations=[
+        {"annotator": "r01", "findings": {"macular_hole": None}},
+        {"annotator": "r02", "findings": {"macular_hole": None, "drusen": ["macula"]}},
+        {"annotator": "r03", "findings": {"drusen": None}},
+    ])
+    record = annotations.parse_line(text)
+    assert record.graders[0].findings == {"macular_hole": ()}
+    hole, drusen = findings_lib.finding_index("macular_hole"), findings_lib.finding_index("drusen")
+    assert record.votes()[hole] == 2 and record.votes()[drusen] == 2
+    # No grader marked the hole's regions: no cue. Drusen's cue is the regions one grader marked.
+    assert record.region_bits()[hole] == 0
+    assert record.region_bits()[drusen] == regions_lib.regions_to_bits(["macula"])
 
 
 def test_region_not_a_string(tmp_path):

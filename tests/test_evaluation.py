@@ -20,7 +20,7 @@ from fundax import workdir as run_folders
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"finding", "split", "checkpoint_step", "auroc", "auroc_ci95", "threshold", "sensitivity",
                  "specificity", "air_tp", "air_fn", "air_tp_pooled", "air_fn_pooled", "n_positive",
-                 "n_negative", "n_excluded"}
+                 "n_negative", "n_excluded", "n_positive_without_cue"}
 
 
 @pytest.fixture(scope="module")

@@ -287,3 +287,74 @@ def test_bad_guidance_settings_are_named():
                  "the guidance warm-up (guidance_delay_steps + guidance_ramp_steps = 8) must end by "
                  "num_train_steps 4"):
         assert part in message, part
+
+
+# --- label-only positives: BCE as usual, no guidance term -----------------------------------------------------
+
+def _label_only_batch():
+    """8 examples of macular_hole: 3 positives with regions, 1 positive with none (an image-level
+    label), 4 negatives, one per device of the 8-device mesh."""
+    source = fakes.records(8, seed=3)
+    index = pipeline.FindingExample("macular_hole", 2).index
+    for k, record in enumerate(source):
+        positive = k in (0, 2, 5, 6)
+        record["votes"] = record["votes"].copy()
+        record["region_bits"] = record["region_bits"].copy()
+        record["votes"][index] = 3 if positive else 0
+        record["region_bits"][index] = 0 if k == 5 or not positive else 0b101
+    example = pipeline.FindingExample("macular_hole", 2)
+    return {key: np.stack([example(r)[key] for r in source]) for key in example(source[0])}
+
+
+def test_a_positive_without_regions_is_unguided_and_the_others_keep_their_guidance():
+    batch = _label_only_batch()
+    assert batch["guided"].tolist() == [1, 1, 1, 1, 1, 0, 1, 1]  # negatives keep theirs: an empty cue
+    assert batch["label"].tolist() == [1, 0, 1, 0, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_the_guidance_term_ignores_exactly_the_positives_without_regions(num_devices):
+    config = fakes.tiny_config()
+    config.augment.enabled = False
+    mesh, model, tx, sharding = _setup(config, num_devices)
+    state = trainer.create_train_state(model, tx, config, mesh)
+    step = trainer.make_train_step(model, tx, config, mesh)
+    batch = _label_only_batch()
+
+    def run(changed):
+        new_state, out = step(jax.tree.map(jnp.copy, state), pipeline.to_global(changed, sharding))
+        return out, jax.tree.leaves(new_state.params)
+
+    base, params = run(batch)
+    # Another cue for the unguided positive: nothing changes, not the loss, not one parameter.
+    other = dict(batch, region_bits=batch["region_bits"].copy())
+    other["region_bits"][5] = 0b11110000
+    same, same_params = run(other)
+    for key in ("loss", "bce", "guidance"):
+        assert float(same[key]) == float(base[key])
+    for a, b in zip(params, same_params):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Another cue for a guided positive changes the guidance term.
+    moved = dict(batch, region_bits=batch["region_bits"].copy())
+    moved["region_bits"][2] = 0b11110000
+    assert float(run(moved)[0]["guidance"]) != float(base["guidance"])
+    # The guidance term is the mean over the 7 guided examples: with every example guided and the
+    # unguided one's cue set to the whole map (where eq. 2 is 0), the mean is over 8 with the same sum.
+    everywhere = dict(batch, guided=np.ones(8, np.float32), region_bits=batch["region_bits"].copy())
+    everywhere["region_bits"][5] = 0xFF
+    over_eight, _ = run(everywhere)
+    np.testing.assert_allclose(float(over_eight["guidance"]) * 8 / 7, float(base["guidance"]), rtol=1e-5)
+    np.testing.assert_allclose(float(over_eight["bce"]), float(base["bce"]), rtol=1e-6)
+    # Without the guided key (an older batch), every example is guided.
+    del everywhere["guided"]
+    np.testing.assert_allclose(float(run(everywhere)[0]["guidance"]), float(over_eight["guidance"]), rtol=1e-6)
+
+
+def test_validation_guidance_and_air_leave_out_positives_without_regions():
+    outputs = {"weight": np.array([1, 1, 1, 1, 0], np.float32), "label": np.array([1, 1, 0, 0, 1], np.float32),
+               "guided": np.array([1, 0, 1, 1, 0], np.float32), "bce": np.array([0.5, 0.7, 0.1, 0.3, 9.0]),
+               "guidance": np.array([-1.0, -50.0, -2.0, -3.0, -70.0]), "probability": np.array([.9, .8, .2, .1, .5])}
+    v = metrics.validation_metrics(outputs, 1.0, 1e-3)
+    np.testing.assert_allclose(v["val_bce"], (0.5 + 0.7 + 0.1 + 0.3) / 4)
+    np.testing.assert_allclose(v["val_guidance"], (-1.0 - 2.0 - 3.0) / 3)
+    assert evaluation.positives_without_cue(outputs).tolist() == [False, True, False, False, True]

@@ -64,7 +64,8 @@ class GraderRead:
 
     annotator: str
     findings: Mapping[str, tuple[str, ...]]
-    """Finding → region names (deduplicated, canonical order); findings in registry order."""
+    """Finding → region names (deduplicated, canonical order); findings in registry order. An empty
+    tuple: the grader gave the finding as an image-level label (``null`` on disk), no regions."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -179,10 +180,13 @@ def _grader(entry: Any, index: int) -> GraderRead:
     by_finding: dict[str, tuple[str, ...]] = {}
     for name, names in found.items():
         _known_finding(name, f"{where} (annotator {annotator!r})")
+        if names is None:  # an image-level label: present, its regions not marked
+            by_finding[name] = ()
+            continue
         if not isinstance(names, list) or not names:
             raise AnnotationError(
                 f"{where} (annotator {annotator!r}): finding {name!r} needs a non-empty list of regions,"
-                f" got {names!r}"
+                f" or null for an image-level label (present, regions not marked), got {names!r}"
             )
         for region in names:
             if not isinstance(region, str):

@@ -100,13 +100,17 @@ class FindingExample:
     def __call__(self, record: dict[str, Any], weight_scale: float = 1.0) -> dict[str, np.ndarray]:
         votes = np.asarray(record["votes"][self.index])
         label, weight = annotations.consensus(votes, self.min_votes)
+        bits = int(record["region_bits"][self.index])
         return {
             "image": np.asarray(record["image"], np.uint8),
             "disc": np.asarray(record["disc"], np.float32),
             "fovea": np.asarray(record["fovea"], np.float32),
             # Absent findings have an empty cue: the guidance suppresses activation everywhere.
-            "region_bits": np.int32(record["region_bits"][self.index]) * (label > 0).astype(np.int32),
+            "region_bits": np.int32(bits) * (label > 0).astype(np.int32),
             "label": np.float32(label),
+            # A positive whose regions nobody marked (image-level labels only) has no regional cue: its
+            # BCE counts, its guidance term does not (an empty cue would suppress the lesion itself).
+            "guided": np.float32(0.0 if label > 0 and bits == 0 else 1.0),
             "weight": np.float32(weight * weight_scale),
         }
 
