@@ -1,0 +1,269 @@
+"""``python -m fundax.ingest``: lesion masks → regions; IDRiD's download → a manual directory prepare accepts."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fundax import regions as regions_lib
+from fundax.ingest import idrid, ingest
+from fundax.ingest.lesions import region_shares, regions_of_lesion
+from fundax.ingest.manual import IngestError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+H, W = 64, 96
+# Right eye, disc left of the fovea on one row: D = 40 px, t = (x - 20)/40, s = (32 - y)/40.
+DISC, FOVEA = (20.0, 32.0), (60.0, 32.0)
+
+
+def _mask(*boxes):
+    """A (H, W) mask, True in the row and column ranges ((r0, r1), (c0, c1)), ends excluded."""
+    mask = np.zeros((H, W), bool)
+    for (r0, r1), (c0, c1) in boxes:
+        mask[r0:r1, c0:c1] = True
+    return mask
+
+
+# Pixel centres x in 56.5..63.5, y in 28.5..35.5: at most 5 px from the fovea, far inside 2D/3 = 26.7 px.
+MACULA = _mask(((28, 36), (56, 64)))
+# 70 pixels at x <= 9.5, y <= 6.5 (t < 0, s > 0, over 16 px = 2D/5 from the disc) and 30 at y >= 54.5 (s < 0).
+NASAL_70_30 = _mask(((0, 7), (0, 10)), ((54, 57), (0, 10)))
+# x 40.5..49.5 (0 < t < 1), y 0.5..3.5: at least 28.5 px from the fovea, so outside the macula.
+SUPEROTEMPORAL = _mask(((0, 4), (40, 50)))
+
+
+def test_a_lesion_in_one_region_is_cued_there_only():
+    assert regions_of_lesion(MACULA, DISC, FOVEA, 0.05) == ["macula"]
+    assert regions_of_lesion(SUPEROTEMPORAL, DISC, FOVEA, 0.05) == ["superotemporal"]
+
+
+def test_a_lesion_split_70_30_keeps_the_smaller_part_only_above_its_share():
+    np.testing.assert_allclose(region_shares(NASAL_70_30, DISC, FOVEA), [0, 0, 0, 0, 0, 0, 0.7, 0.3])
+    assert regions_of_lesion(NASAL_70_30, DISC, FOVEA, 0.25) == ["superonasal", "inferonasal"]
+    assert regions_of_lesion(NASAL_70_30, DISC, FOVEA, 0.4) == ["superonasal"]
+    assert regions_of_lesion(NASAL_70_30, DISC, FOVEA, 0.3) == ["superonasal", "inferonasal"]  # at the share: in
+
+
+def test_an_empty_mask_has_no_region():
+    assert regions_of_lesion(np.zeros((H, W), bool), DISC, FOVEA) == []
+    assert not region_shares(np.zeros((H, W), bool), DISC, FOVEA).any()
+
+
+def test_a_lesion_with_no_region_at_its_share_is_cued_where_most_of_it_is():
+    spread = MACULA | SUPEROTEMPORAL | NASAL_70_30  # 64, 40, 70 and 30 pixels of 204
+    assert regions_of_lesion(spread, DISC, FOVEA, 0.9) == ["superonasal"]
+
+
+def test_shares_agree_with_the_region_map_of_every_pixel():
+    mask = np.random.default_rng(0).random((H, W)) < 0.3
+    ids = regions_lib.region_map(H, W, (31.0, 40.0), (70.0, 22.0))[mask]
+    expected = np.bincount(ids, minlength=regions_lib.NUM_REGIONS) / mask.sum()
+    np.testing.assert_allclose(region_shares(mask, (31.0, 40.0), (70.0, 22.0)), expected)
+
+
+def test_a_bad_share_is_refused():
+    with pytest.raises(ValueError, match="min_share"):
+        regions_of_lesion(MACULA, DISC, FOVEA, 0.0)
+
+
+# --- the IDRiD layout, in small -------------------------------------------------------------------------------
+
+SEG = "A. Segmentation"
+LOC = "C. Localization"
+OD_TRAIN = f"{LOC}/2. Groundtruths/1. Optic Disc Center Location/a. IDRiD_OD_Center_Training Set_Markups.csv"
+OD_TEST = f"{LOC}/2. Groundtruths/1. Optic Disc Center Location/b. IDRiD_OD_Center_Testing Set_Markups.csv"
+FOVEA_TRAIN = f"{LOC}/2. Groundtruths/2. Fovea Center Location/IDRiD_Fovea_Center_Training Set_Markups.csv"
+FOVEA_TEST = f"{LOC}/2. Groundtruths/2. Fovea Center Location/IDRiD_Fovea_Center_Testing Set_Markups.csv"
+LABELS = {"MA": "1. Microaneurysms", "HE": "2. Haemorrhages", "EX": "3. Hard Exudates", "SE": "4. Soft Exudates",
+          "OD": "5. Optic Disc"}
+OD_MASK = _mask(((26, 39), (14, 27)))
+
+
+def _photo(path, width=W, height=H):
+    """A fundus-like photograph: a bright disc on a dark field, with a brighter spot where the optic disc is."""
+    y, x = np.mgrid[:height, :width]
+    field = ((x - width / 2) ** 2 + (y - height / 2) ** 2 < (height / 2) ** 2)[..., None]
+    image = np.where(field, np.array([170, 80, 40], np.uint8), 0).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, quality=95)
+
+
+def _tif(path, mask):
+    """A lesion mask as IDRiD ships it: an RGB TIFF, red on the lesion."""
+    rgb = np.zeros((*mask.shape, 3), np.uint8)
+    rgb[mask, 0] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
+def _markups(path, rows):
+    """A markup CSV as IDRiD has it: its header, many empty columns after the three, empty rows at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    padding = "," * 8
+    lines = [f"Image No,X- Coordinate,Y - Coordinate{padding}"]
+    lines += [f"{name},{x},{y}{padding}" for name, x, y in rows]
+    lines += [padding + ","] * 3
+    path.write_text("\r\n".join(lines) + "\r\n")
+
+
+def _idrid(root):
+    """Three training photographs and one testing photograph, in IDRiD's folders.
+
+    IDRiD_01's localization copy is twice as large (its centres are halved); IDRiD_02 has none
+    (centres as written); IDRiD_03's optic disc mask is far from its disc centre (skipped).
+    """
+    train, test = "a. Training Set", "b. Testing Set"
+    for name, folder in (("IDRiD_01", train), ("IDRiD_02", train), ("IDRiD_03", train), ("IDRiD_55", test)):
+        _photo(root / SEG / "1. Original Images" / folder / f"{name}.jpg")
+    _photo(root / LOC / "1. Original Images" / train / "IDRiD_001.jpg", 2 * W, 2 * H)
+    _photo(root / LOC / "1. Original Images" / test / "IDRiD_055.jpg")
+    masks = {(train, "IDRiD_01"): {"MA": _mask(((5, 6), (70, 71))), "HE": NASAL_70_30, "EX": MACULA, "OD": OD_MASK},
+             (train, "IDRiD_02"): {"MA": _mask(((5, 6), (70, 71))), "SE": SUPEROTEMPORAL, "OD": OD_MASK},
+             (train, "IDRiD_03"): {"HE": MACULA, "OD": _mask(((0, 10), (80, 90)))},
+             (test, "IDRiD_55"): {"HE": MACULA, "EX": np.zeros((H, W), bool), "OD": OD_MASK}}
+    for (folder, name), labels in masks.items():
+        for label, mask in labels.items():
+            _tif(root / SEG / "2. All Segmentation Groundtruths" / folder / LABELS[label] / f"{name}_{label}.tif", mask)
+    for folder in (train, test):  # every label's folder exists, also where no photograph has that label
+        for label in LABELS.values():
+            (root / SEG / "2. All Segmentation Groundtruths" / folder / label).mkdir(parents=True, exist_ok=True)
+    _markups(root / OD_TRAIN, [("IDRiD_001", 40, 64), ("IDRiD_002", 20, 32), ("IDRiD_003", 20, 32),
+                               ("IDRiD_004", 1, 2)])
+    _markups(root / FOVEA_TRAIN, [("IDRiD_001", 120, 64), ("IDRiD_002", 60, 32), ("IDRiD_003", 60, 32),
+                                  ("IDRiD_004", 3, 4)])
+    _markups(root / OD_TEST, [("IDRiD_055", 20, 32)])
+    _markups(root / FOVEA_TEST, [("IDRiD_055", 60, 32)])
+    return root
+
+
+@pytest.fixture
+def source(tmp_path):
+    return _idrid(tmp_path / "IDRiD")
+
+
+def _lines(out):
+    return [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
+
+
+def test_idrid_becomes_one_line_per_photograph(source, tmp_path):
+    out = tmp_path / "manual"
+    summary = ingest("idrid", source, out)
+    lines = _lines(out)
+    assert [line["image_id"] for line in lines] == ["IDRiD_01", "IDRiD_02", "IDRiD_55"]
+    first, second, test = lines
+    assert (first["split"], second["split"], test["split"]) == ("train", "train", "test")
+    # IDRiD_01's centres were marked on a copy twice its size; the others on photographs of its size.
+    assert (first["disc"], first["fovea"]) == ([20.0, 32.0], [60.0, 32.0])
+    assert (second["disc"], second["fovea"], test["disc"]) == ([20.0, 32.0], [60.0, 32.0], [20.0, 32.0])
+    assert first["annotations"] == [{"annotator": "idrid", "findings": {
+        "hemorrhage": ["superonasal", "inferonasal"], "hard_exudate": ["macula"]}}]
+    assert second["annotations"][0]["findings"] == {"cotton_wool_patch": ["superotemporal"]}
+    assert test["annotations"][0]["findings"] == {"hemorrhage": ["macula"]}  # its hard exudate mask is empty
+    assert first["lesion_masks"] == {"hemorrhage": "masks/IDRiD_01_hemorrhage.png",
+                                     "hard_exudate": "masks/IDRiD_01_hard_exudate.png"}
+    assert "lesion_masks" in test and set(test["lesion_masks"]) == {"hemorrhage"}
+    written = np.asarray(Image.open(out / first["lesion_masks"]["hemorrhage"]))
+    np.testing.assert_array_equal(written, NASAL_70_30)
+    assert Image.open(out / first["file"]).size == (W, H)
+    assert summary.imported == {"train": 2, "test": 1}
+    assert summary.positives == {"hemorrhage": 2, "hard_exudate": 1, "cotton_wool_patch": 1}
+    assert [image.endswith("IDRiD_03.jpg") for image, _ in summary.skipped] == [True]
+    assert "outside its optic disc mask" in summary.skipped[0][1]
+    text = summary.text(out)
+    assert "3 photographs" in text and "1 skipped" in text
+    assert "left out: 2 microaneurysm masks" in text and "left out: 1 empty EX masks" in text
+    assert "hemorrhage: 2 positive, 1 negative" in text
+
+
+def test_a_larger_share_narrows_the_cue_and_the_annotator_is_named(source, tmp_path):
+    ingest("idrid", source, tmp_path / "manual", min_lesion_share=0.4, annotator="porwal")
+    first = _lines(tmp_path / "manual")[0]
+    assert first["annotations"] == [{"annotator": "porwal", "findings": {
+        "hemorrhage": ["superonasal"], "hard_exudate": ["macula"]}}]
+
+
+def _run(module, *args):
+    env = dict(os.environ, TFDS_DISABLE_PROGRESS_BAR="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_prepare_accepts_what_the_command_writes(source, tmp_path):
+    out = tmp_path / "manual"
+    done = _run("fundax.ingest", "idrid", source, f"--out={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"IDRiD: 3 photographs written to {out} (test 1, train 2); 1 skipped" in done.stdout
+    prepared = _run("fundax.prepare", "--source=manual", f"--manual_dir={out}", f"--data_dir={tmp_path / 'data'}",
+                    "--image_size=32", "--strict", "--workers=1")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert "lines read 3, accepted 3, rejected 0" in prepared.stdout, prepared.stdout
+
+
+def _error(tmp_path, source):
+    with pytest.raises(IngestError) as raised:
+        ingest("idrid", source, tmp_path / "manual")
+    assert not (tmp_path / "manual").exists() and not (tmp_path / "manual.partial").exists()
+    return str(raised.value)
+
+
+def test_a_missing_markup_csv_is_named(source, tmp_path):
+    (source / FOVEA_TEST).unlink()
+    assert _error(tmp_path, source) == f"{source / FOVEA_TEST}: no such file"
+
+
+def test_a_mask_of_an_image_not_in_the_csv_is_named(source, tmp_path):
+    _tif(source / SEG / "2. All Segmentation Groundtruths/a. Training Set/2. Haemorrhages/IDRiD_09_HE.tif", MACULA)
+    message = _error(tmp_path, source)
+    assert message.startswith(f"{source / SEG}/2. All Segmentation Groundtruths/a. Training Set/2. Haemorrhages/"
+                              "IDRiD_09_HE.tif: a mask of IDRiD_09, which has no row IDRiD_009 in")
+    assert message.endswith(str(source / OD_TRAIN))
+
+
+@pytest.mark.parametrize("row, why", [
+    ("IDRiD_002,20", "want 3 values (image, x, y), got 2: 'IDRiD_002,20'"),
+    ("IDRiD_002,twenty,32,,,", "coordinates 'twenty', '32' are not numbers"),
+    ("image two,20,32", "'image two' is not an IDRiD image name (IDRiD_NNN)"),
+    ("IDRiD_001,5,6", "IDRiD_001 is listed twice"),
+])
+def test_a_malformed_csv_row_is_named_with_its_row(source, tmp_path, row, why):
+    path = source / OD_TRAIN
+    lines = path.read_text().splitlines()
+    lines[2] = row  # row 3: IDRiD_002's
+    path.write_text("\n".join(lines) + "\n")
+    assert _error(tmp_path, source) == f"{path}, row 3: {why}"
+
+
+def test_a_wrong_header_is_named(source, tmp_path):
+    path = source / FOVEA_TRAIN
+    path.write_text("Image,X,Y\n" + "\n".join(path.read_text().splitlines()[1:]) + "\n")
+    want = f"{path}, row 1: want the header 'Image No, X- Coordinate, Y - Coordinate'"
+    assert _error(tmp_path, source).startswith(want)
+
+
+def test_a_photograph_without_centres_is_named(source, tmp_path):
+    _markups(source / OD_TEST, [("IDRiD_056", 20, 32)])
+    assert _error(tmp_path, source) == (f"{source / SEG}/1. Original Images/b. Testing Set/IDRiD_55.jpg: "
+                                        f"IDRiD_055 has no row in {source / OD_TEST}")
+
+
+def test_the_command_says_errors_in_one_line(source, tmp_path):
+    (source / OD_TRAIN).unlink()
+    done = _run("fundax.ingest", "idrid", source, f"--out={tmp_path / 'manual'}")
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {source / OD_TRAIN}: no such file"
+    unknown = _run("fundax.ingest", "rfmid", source, f"--out={tmp_path / 'manual'}")
+    assert unknown.returncode == 2 and "unknown FORMAT 'rfmid'; known: idrid" in unknown.stderr
+    assert _run("fundax.ingest", "idrid", source).returncode == 2  # --out is required
+
+
+def test_an_existing_output_is_not_overwritten(source, tmp_path):
+    (tmp_path / "manual").mkdir()
+    (tmp_path / "manual" / "mine.txt").write_text("x")
+    with pytest.raises(IngestError, match="exists and is not an empty directory"):
+        ingest("idrid", source, tmp_path / "manual")
+    assert idrid.NAME == "IDRiD"
