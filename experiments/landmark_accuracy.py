@@ -42,8 +42,8 @@ def pose(image: np.ndarray, points: np.ndarray, *, mirror: bool, angle_deg: floa
     # cv2 maps pixel centres (i, i): move to and from the frame whose centres are at i + 0.5.
     to_cv = affine.copy()
     to_cv[:, 2] += affine[:, :2] @ [0.5, 0.5] - 0.5
-    posed = cv2.warpAffine(image, to_cv, (size_px, size_px), flags=cv2.INTER_AREA if fit * scale < 1 else cv2.INTER_LINEAR,
-                           borderValue=(0, 0, 0))
+    interpolation = cv2.INTER_AREA if fit * scale < 1 else cv2.INTER_LINEAR
+    posed = cv2.warpAffine(image, to_cv, (size_px, size_px), flags=interpolation, borderValue=(0, 0, 0))
     if gain != 1.0 or gamma != 1.0:
         table = np.clip(255.0 * gain * (np.arange(256) / 255.0) ** gamma, 0, 255).round().astype(np.uint8)
         posed = cv2.LUT(posed, table)
@@ -73,7 +73,8 @@ def synthetic_set(count: int, seed: int):
     """(name, image, disc, fovea) of ``count`` synthetic photographs, 320–512 px high, both eyes."""
     rng = np.random.default_rng(seed)
     for k in range(count):
-        config = synthetic.SyntheticConfig(num_train=0, num_test=count, seed=seed, height_px=int(rng.integers(320, 513)))
+        height_px = int(rng.integers(320, 513))
+        config = synthetic.SyntheticConfig(num_train=0, num_test=count, seed=seed, height_px=height_px)
         eye = synthetic.synthesize_eye(config, "test", k)
         yield eye.image_id, eye.image, np.array(eye.disc_xy), np.array(eye.fovea_xy)
 
@@ -93,13 +94,15 @@ def errors(photographs) -> dict[str, np.ndarray]:
 
 
 def table(rows: dict[str, dict[str, np.ndarray]]) -> str:
-    lines = ["| set | n | disc median (D) | disc p95 (D) | fovea median (D) | fovea p95 (D) | flagged | over 0.25 D, unflagged | ms / photo |",
+    lines = ["| set | n | disc median (D) | disc p95 (D) | fovea median (D) | fovea p95 (D) | flagged "
+             "| over 0.25 D, unflagged | ms / photo |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, e in rows.items():
         lines.append(f"| {name} | {len(e['disc'])} | {np.median(e['disc']):.3f} | {np.percentile(e['disc'], 95):.3f} "
                      f"| {np.median(e['fovea']):.3f} | {np.percentile(e['fovea'], 95):.3f} "
                      f"| {np.mean(e['flagged']):.0%} "
-                     f"| {np.sum((np.maximum(e['disc'], e['fovea']) > 0.25) & ~e['flagged'])} | {1000 * np.median(e['seconds']):.0f} |")
+                     f"| {np.sum((np.maximum(e['disc'], e['fovea']) > 0.25) & ~e['flagged'])} "
+                     f"| {1000 * np.median(e['seconds']):.0f} |")
     return "\n".join(lines)
 
 

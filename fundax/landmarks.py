@@ -35,6 +35,9 @@ import cv2
 import numpy as np
 from absl import flags
 
+from fundax import cli
+from fundax.data import images
+
 WORKING_SIDE_PX = 256
 """The longer side of the photograph as :func:`locate` analyses it."""
 CONFIDENT = 0.5
@@ -187,7 +190,8 @@ def locate(image: np.ndarray) -> Landmarks:
     distance = np.hypot(dx, dy) / field.diameter
     angle = np.degrees(np.arctan2(np.abs(dy), dx))
     central = np.hypot(x - field.centre[0], y - field.centre[1]) <= FOVEA_FROM_CENTRE_FOV * field.diameter
-    band = search & central & (distance >= FOVEA_DISTANCE_FOV[0]) & (distance <= FOVEA_DISTANCE_FOV[1]) & (angle <= FOVEA_ANGLE_DEG)
+    near, far = FOVEA_DISTANCE_FOV
+    band = search & central & (distance >= near) & (distance <= far) & (angle <= FOVEA_ANGLE_DEG)
     if band.any():
         # Photographs are centred on the macula, and the fovea lies about level with the disc.
         prior = (FOVEA_CENTRE_WEIGHT * (np.hypot(x - field.centre[0], y - field.centre[1]) / field.diameter) ** 2
@@ -228,9 +232,6 @@ COLUMNS = ("image", "disc_x", "disc_y", "fovea_x", "fovea_y", "disc_confidence",
 
 
 def main(argv: list[str]) -> int:
-    from fundax import cli
-    from fundax.data import images
-
     cli.no_arguments(argv)
     folder = pathlib.Path(FLAGS.images)
     if not folder.is_dir():
@@ -265,6 +266,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from fundax import cli
-
     cli.run(main, flag_values=FLAGS)
