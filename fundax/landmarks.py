@@ -11,9 +11,11 @@ centres in pixels of the photograph it was given (x right, y down, a pixel's cen
 * Disc: vessels are closed away (a grey closing wider than a vessel), then the brightest
   blob of about a disc's size, as a difference of two masked Gaussians of the green
   channel, relative to its surround.
-* Fovea: the darkest blob of about half a disc's size in a band on the temporal side of
-  the disc (towards the middle of the field), 0.2–0.6 field diameters from it and within
-  35° of the horizontal through it.
+* Fovea: the darkest blob of about half a disc's size, in the red channel (vessels and
+  hemorrhages are dark mostly in green), in a band on the temporal side of the disc
+  (towards the middle of the field), 0.2–0.6 field diameters from it, within 35° of the
+  horizontal through it and 0.3 diameters of the field's middle; a prior favours the
+  middle (photographs are centred on the macula) and the horizontal.
 * Confidence: each blob's contrast with its surround and how far it stands above the next
   best candidate; the fovea's also how plausibly it lies from the disc. A confidence under
   :data:`CONFIDENT` is named in ``flags``; the centres are then a guess, not to be used.
@@ -51,10 +53,14 @@ FOVEA_ANGLE_DEG = 35.0
 FOVEA_FROM_CENTRE_FOV = 0.3
 """... and at most this far from the middle of the field, in its diameters (clear of the darker rim)."""
 VESSEL_CLOSE_DISC_R = 0.5
+"""The grey closing that removes vessels is this many disc radii across."""
 FOVEA_CONTRAST = 0.03
 """A clear fovea's darkness, as a share of the field's median red."""
 FOVEA_CENTRE_WEIGHT = 33.0
+"""The fovea's prior, in units of a clear fovea's contrast: this times (distance from the field's middle
+in its diameters)², ..."""
 FOVEA_LEVEL_WEIGHT = 1.7
+"""... plus this times (angle off the horizontal through the disc / FOVEA_ANGLE_DEG)²."""
 _FOV_THRESHOLD = 15  # as fundax.data.images.FUNDUS_THRESHOLD: brighter than this (0-255) is fundus
 _LOW = ("low disc confidence", "low fovea confidence")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -166,7 +172,7 @@ def locate(image: np.ndarray) -> Landmarks:
         return Landmarks(middle, middle, 0.0, 0.0, ("no field of view", *_LOW))
     disc_r = DISC_RADIUS_FOV * field.diameter
     green = small[..., 1].astype(np.float32)
-    vessel_px = max(3, int(round(0.5 * disc_r)) | 1)
+    vessel_px = max(3, int(round(VESSEL_CLOSE_DISC_R * disc_r)) | 1)
     green = cv2.morphologyEx(green, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (vessel_px,) * 2))
     mask = field.mask
     inner = _erode(mask, vessel_px)
@@ -181,9 +187,7 @@ def locate(image: np.ndarray) -> Landmarks:
     disc, disc_best, disc_second = _peak(disc_response, search, 2.0 * disc_r)
     disc_confidence = _confidence(disc_best, 0.25, disc_best, disc_second)
 
-    # Arcade veins and arteries run side by side, wider together than one vessel: close them away for good.
-    trunk_px = int(round(VESSEL_CLOSE_DISC_R * disc_r)) | 1
-    dark_response = _fovea_response(small, inner, disc_r, trunk_px)
+    dark_response = _fovea_response(small, inner, disc_r, vessel_px)
     y, x = np.mgrid[: green.shape[0], : green.shape[1]] + 0.5
     temporal = 1.0 if field.centre[0] >= disc[0] else -1.0
     dx, dy = temporal * (x - disc[0]), y - disc[1]
