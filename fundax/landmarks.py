@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import pathlib
 import sys
 
@@ -209,6 +210,36 @@ def locate(image: np.ndarray) -> Landmarks:
     named = tuple(flag for flag, c in zip(_LOW, (disc_confidence, fovea_confidence)) if c < CONFIDENT)
     return Landmarks((float(disc[0] / sx), float(disc[1] / sy)), (float(fovea[0] / sx), float(fovea[1] / sy)),
                      round(disc_confidence, 3), round(fovea_confidence, 3), named)
+
+
+LOCATOR_VERSION = "fundax.landmarks 1"
+"""Names the locator in a prepared dataset's parameters (``prepare --locate_missing``): another
+version may place the centres elsewhere, so a dataset prepared with it is not reused."""
+
+
+def locate_photograph(path: str | os.PathLike, max_pixels: int = images.DEFAULT_MAX_PIXELS
+                      ) -> tuple[tuple[float, float], tuple[float, float], dict]:
+    """Disc and fovea of the photograph at ``path``, for a line that has none (``prepare --locate_missing``).
+
+    Returns the centres and what was found (confidences, the locator); raises
+    :class:`fundax.data.annotations.AnnotationError` when either is not placed with confidence:
+    a flagged answer is never used.
+    """
+    from fundax.data import annotations
+
+    try:
+        image = images.load_image(path, max_pixels)
+    except images.ImageError as e:
+        raise annotations.AnnotationError(str(e)) from None
+    found = locate(image)
+    info = {"locator": LOCATOR_VERSION, "disc_confidence": round(found.disc_confidence, 4),
+            "fovea_confidence": round(found.fovea_confidence, 4)}
+    if not found.confident:
+        raise annotations.AnnotationError(
+            f"no disc and fovea given, and the locator could not place them with confidence ({', '.join(found.flags)}: "
+            f"disc {found.disc_confidence:.2f}, fovea {found.fovea_confidence:.2f}); add them by hand "
+            "(python -m fundax.annotate)")
+    return found.disc, found.fovea, info
 
 
 def draw(image: np.ndarray, found: Landmarks) -> np.ndarray:

@@ -37,6 +37,9 @@ flags.DEFINE_float("shortcut_strength", 0.9, "Synthetic: how often the artifact 
 flags.DEFINE_bool("strict", False, "Fail on the first rejected line instead of keeping it aside.")
 flags.DEFINE_bool("overwrite", False, "Replace a dataset prepared from other inputs or with other parameters.")
 flags.DEFINE_integer("workers", None, "Threads for decoding and resizing (default: all cores).")
+flags.DEFINE_bool("locate_missing", False,
+                  "Manual: a line without disc and fovea gets them from fundax.landmarks (recorded in metadata.json "
+                  "under 'located'); one the locator cannot place with confidence is rejected.")
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Larger photographs are rejected (decompression bombs).")
 
 
@@ -51,7 +54,8 @@ def main(argv: list[str]) -> int:
         result = prepare(
             FLAGS.source, FLAGS.data_dir, image_size_px=FLAGS.image_size, manual_dir=FLAGS.manual_dir,
             synthetic_config=synthetic_config, image_format=FLAGS.image_format, strict=FLAGS.strict,
-            overwrite=FLAGS.overwrite, workers=FLAGS.workers, max_pixels=FLAGS.max_pixels)
+            overwrite=FLAGS.overwrite, workers=FLAGS.workers, max_pixels=FLAGS.max_pixels,
+            locate_missing=FLAGS.locate_missing)
     except (ValueError, fundus_findings.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

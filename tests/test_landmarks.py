@@ -155,3 +155,54 @@ def test_command_usage_errors_exit_2(args, message):
     result = _command(*args)
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[0]
+
+
+# --- prepare --locate_missing: centres for lines that have none ---------------------------------------------
+
+def test_prepare_locates_missing_centres_records_them_and_rejects_what_it_cannot_place(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from fundax.data import preparation
+
+    skimage_data = pytest.importorskip("skimage.data")
+    manual = tmp_path / "manual"
+    (manual / "images").mkdir(parents=True)
+    side = 480  # the retina photograph scaled from 1411 px
+    Image.fromarray(cv2.resize(skimage_data.retina(), (side, side), interpolation=cv2.INTER_AREA)).save(
+        manual / "images" / "retina.png")
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(manual / "images" / "dark.png")
+    Image.fromarray(cv2.resize(skimage_data.retina(), (300, 300), interpolation=cv2.INTER_AREA)).save(
+        manual / "images" / "given.png")
+    readers = [{"annotator": "r1", "findings": {"macular_hole": None}}, {"annotator": "r2", "findings": {}}]
+    lines = [{"image_id": "retina", "file": "images/retina.png", "split": "train", "annotations": readers},
+             {"image_id": "dark", "file": "images/dark.png", "split": "train", "disc": None, "fovea": None,
+              "annotations": readers},
+             {"image_id": "given", "file": "images/given.png", "split": "test", "disc": [70.0, 140.0],
+              "fovea": [150.0, 148.0], "annotations": readers}]
+    (manual / "annotations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    # Without --locate_missing a line without centres is rejected, and says what would place them.
+    plain = preparation.prepare("manual", tmp_path / "plain", image_size_px=32, manual_dir=manual,
+                                show_progress=False)
+    assert plain.metadata["num_accepted"] == 1 and "located" not in plain.metadata
+    reasons = [json.loads(line)["reason"] for line in plain.rejects_path.read_text().splitlines()]
+    assert "missing required key(s): 'disc', 'fovea'; prepare --locate_missing finds disc and fovea" in reasons[0]
+
+    result = preparation.prepare("manual", tmp_path / "data", image_size_px=32, manual_dir=manual,
+                                 show_progress=False, locate_missing=True)
+    meta = result.metadata
+    assert (meta["num_read"], meta["num_accepted"], meta["num_rejected"]) == (3, 2, 1)
+    assert meta["prepare"]["locate_missing"] == landmarks.LOCATOR_VERSION
+    assert list(meta["located"]) == ["retina"]  # the line with centres keeps its own
+    located = meta["located"]["retina"]
+    scale = side / 1411
+    d = np.hypot(*np.subtract(RETINA_FOVEA, RETINA_DISC)) * scale
+    assert np.hypot(*np.subtract(located["disc"], np.multiply(RETINA_DISC, scale))) <= 0.1 * d
+    assert np.hypot(*np.subtract(located["fovea"], np.multiply(RETINA_FOVEA, scale))) <= 0.15 * d
+    assert located["disc_confidence"] >= landmarks.CONFIDENT and located["locator"] == landmarks.LOCATOR_VERSION
+    rejected = [json.loads(line) for line in result.rejects_path.read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [2]
+    assert "could not place them with confidence" in rejected[0]["reason"]
+    assert "disc and fovea located in 1 photograph(s)" in preparation.summary(result)

@@ -37,7 +37,7 @@ import os
 import pathlib
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -244,8 +244,19 @@ def _lesion_masks(value: Any) -> dict[str, str]:
     return {name: value[name] for name in findings_lib.FINDINGS if name in value}
 
 
-def parse_line(text: str, line_number: int = 1) -> Record:
-    """The record of one line (``text`` without its newline); AnnotationError(reason) if bad."""
+Locator = Callable[[str], tuple[tuple[float, float], tuple[float, float], dict[str, Any]]]
+"""``locate(file) -> (disc, fovea, what was found)``: centres for a line that has none
+(``prepare --locate_missing``); raises AnnotationError when it cannot place them with confidence."""
+LOCATED_KEY = "located"
+"""The key a line whose centres were located (not given) carries in its record's ``extra``."""
+
+
+def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -> Record:
+    """The record of one line (``text`` without its newline); AnnotationError(reason) if bad.
+
+    With ``locate``, a line without ``disc`` and ``fovea`` (both absent or null) gets the centres
+    ``locate`` finds in its photograph, and ``extra["located"]`` says what was found.
+    """
     try:
         obj = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as e:
@@ -258,9 +269,12 @@ def parse_line(text: str, line_number: int = 1) -> Record:
         raise AnnotationError("not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise AnnotationError(f"not a JSON object: got {_type_name(obj)}")
-    missing = [key for key in REQUIRED_KEYS if key not in obj]
+    unplaced = all(obj.get(key) is None for key in ("disc", "fovea"))
+    optional = ("disc", "fovea") if locate is not None and unplaced else ()
+    missing = [key for key in REQUIRED_KEYS if key not in obj and key not in optional]
     if missing:
-        raise AnnotationError(f"missing required key(s): {', '.join(map(repr, missing))}")
+        hint = "; prepare --locate_missing finds disc and fovea" if set(missing) & {"disc", "fovea"} else ""
+        raise AnnotationError(f"missing required key(s): {', '.join(map(repr, missing))}{hint}")
 
     image_id = obj["image_id"]
     if not isinstance(image_id, str) or not IMAGE_ID_PATTERN.fullmatch(image_id):
@@ -272,7 +286,11 @@ def parse_line(text: str, line_number: int = 1) -> Record:
     split = obj["split"]
     if split not in SPLITS:
         raise AnnotationError(f"bad split {split!r}: want one of {', '.join(map(repr, SPLITS))}")
-    disc, fovea = read_point(obj, "disc"), read_point(obj, "fovea")
+    located = None
+    if optional:
+        disc, fovea, located = locate(file)
+    else:
+        disc, fovea = read_point(obj, "disc"), read_point(obj, "fovea")
     if disc == fovea:
         raise AnnotationError(f"disc equals fovea ({disc[0]:g}, {disc[1]:g}): the regions are undefined")
 
@@ -297,7 +315,8 @@ def parse_line(text: str, line_number: int = 1) -> Record:
         graders=graders,
         line=text,
         line_number=line_number,
-        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k != LESION_MASKS_KEY},
+        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k != LESION_MASKS_KEY}
+        | ({LOCATED_KEY: located} if located is not None else {}),
         lesion_masks=lesion_masks,
     )
 
@@ -320,10 +339,13 @@ def _strip_newline(raw: bytes) -> bytes:
     return raw[:-1] if raw.endswith(b"\r") else raw
 
 
-def read_annotations(path: str | os.PathLike) -> ReadResult:
+def read_annotations(path: str | os.PathLike, locate_missing: Callable[[pathlib.Path], Any] | None = None
+                     ) -> ReadResult:
     """Every line of an annotations file, checked: records and rejections in file order.
 
-    The manual directory is the file's folder; image paths are checked against it.
+    The manual directory is the file's folder; image paths are checked against it. With
+    ``locate_missing`` (``photo path -> Locator result``), a line without centres has them
+    located in its photograph (:func:`parse_line`).
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -346,7 +368,9 @@ def read_annotations(path: str | os.PathLike) -> ReadResult:
             if not text.strip():
                 continue
             try:
-                record = parse_line(text, line_number)
+                locate = None if locate_missing is None else (
+                    lambda file: locate_missing(resolve_image_path(path.parent, file)))
+                record = parse_line(text, line_number, locate)
                 resolve_image_path(path.parent, record.file)
                 for name, mask_file in record.lesion_masks.items():
                     resolve_image_path(path.parent, mask_file, f"{LESION_MASKS_KEY}[{name!r}]")

@@ -76,6 +76,8 @@ class PrepareOptions:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     strict: bool = False
     workers: int | None = None
+    locate_missing: bool = False
+    """Lines without disc and fovea get them from :func:`fundax.landmarks.locate_photograph` (else rejected)."""
 
     def __post_init__(self) -> None:
         if self.image_format not in IMAGE_FORMATS:
@@ -94,6 +96,10 @@ class PrepareOptions:
         }
         if source == "synthetic":
             params["synthetic"] = json.loads(json.dumps(dataclasses.asdict(self.synthetic_config)))
+        if self.locate_missing and source == "manual":  # absent otherwise: datasets prepared before it match
+            from fundax import landmarks
+
+            params["locate_missing"] = landmarks.LOCATOR_VERSION
         return params
 
 
@@ -220,7 +226,16 @@ class FundusFindings(tfds.core.GeneratorBasedBuilder):
         manual_dir = self._manual_dir(dl_manager)
         # Taken before the lines are read, so that an edit made while preparing shows on the next run.
         self.info.metadata["inputs"] = input_fingerprint(self.builder_config.name, manual_dir, self.options)
-        read = annotations.read_annotations(manual_dir / "annotations.jsonl")
+        locate = None
+        if self.options.locate_missing and self.builder_config.name == "manual":
+            from fundax import landmarks
+
+            locate = lambda path: landmarks.locate_photograph(path, self.options.max_pixels)  # noqa: E731
+        read = annotations.read_annotations(manual_dir / "annotations.jsonl", locate_missing=locate)
+        if locate is not None:  # which lines had their centres located, and what was found: kept with the dataset
+            self.info.metadata["located"] = {
+                r.image_id: {"disc": list(r.disc), "fovea": list(r.fovea), **r.extra[annotations.LOCATED_KEY]}
+                for r in read.records if annotations.LOCATED_KEY in r.extra}
         self.num_read = read.num_read
         self.rejections = list(read.rejections)
         by_split: dict[str, list[annotations.Record]] = {split: [] for split in SPLITS}

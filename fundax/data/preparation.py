@@ -133,6 +133,7 @@ def prepare(
     workers: int | None = None,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     show_progress: bool = True,
+    locate_missing: bool = False,
 ) -> PrepareResult:
     """Prepare (or reuse, when prepared from the same inputs with the same parameters) one config of the dataset.
 
@@ -152,7 +153,7 @@ def prepare(
     options = fundus_findings.PrepareOptions(
         image_size_px=image_size_px, image_format=image_format,
         synthetic_config=synthetic_config or synthetic.SyntheticConfig(), strict=strict, workers=workers,
-        max_pixels=max_pixels)
+        max_pixels=max_pixels, locate_missing=locate_missing)
     target = dataset_dir(data_dir, source)
     if (target / "dataset_info.json").exists():
         existing = load_metadata(target)
@@ -219,6 +220,9 @@ def summary(result: PrepareResult) -> str:
             c = counts[name]
             head = f"{split:<11} {result.split_sizes.get(split, 0):>10}" if k == 0 else " " * 22
             lines.append(f"{head}  {name:<26} {c['present']:>8} {c['absent']:>8} {c['excluded']:>9}")
+    if "located" in meta:
+        lines.append(f"disc and fovea located in {len(meta['located'])} photograph(s) whose lines had none "
+                     f"(metadata.json: located)")
     if meta.get("empty_splits"):
         lines.append(f"empty splits, left out of the dataset: {', '.join(meta['empty_splits'])}")
     return "\n".join(lines)
