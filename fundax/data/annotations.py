@@ -273,7 +273,7 @@ def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -
     optional = ("disc", "fovea") if locate is not None and unplaced else ()
     missing = [key for key in REQUIRED_KEYS if key not in obj and key not in optional]
     if missing:
-        hint = "; prepare --locate_missing finds disc and fovea" if set(missing) & {"disc", "fovea"} else ""
+        hint = "; prepare --locate_missing finds disc and fovea" if {"disc", "fovea"} <= set(missing) else ""
         raise AnnotationError(f"missing required key(s): {', '.join(map(repr, missing))}{hint}")
 
     image_id = obj["image_id"]
