@@ -323,7 +323,8 @@ def test_rfmid_becomes_label_only_lines_without_centres(rfmid_source, tmp_path):
         {"image_id": "rfmid-test-1", "file": "images/rfmid-test-1.png", "split": "test",
          "annotations": [{"annotator": "rfmid", "findings": {}}]},
     ]
-    assert (out / "images/rfmid-val-1.png").read_bytes() == (rfmid_source / "Evaluation_Set/Validation/1.png").read_bytes()
+    copied = (out / "images/rfmid-val-1.png").read_bytes()
+    assert copied == (rfmid_source / "Evaluation_Set/Validation/1.png").read_bytes()
     assert summary.imported == {"train": 3, "test": 1}
     assert summary.positives == {"macular_hole": 1, "membrane": 1, "drusen": 1, "cotton_wool_patch": 1,
                                  "retinal_pigmentary_change": 1}
