@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fundax import regions as regions_lib
-from fundax.ingest import idrid, ingest
+from fundax.ingest import idrid, ingest, rfmid
 from fundax.ingest.lesions import region_shares, regions_of_lesion
 from fundax.ingest.manual import IngestError
 
@@ -256,8 +256,8 @@ def test_the_command_says_errors_in_one_line(source, tmp_path):
     done = _run("fundax.ingest", "idrid", source, f"--out={tmp_path / 'manual'}")
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {source / OD_TRAIN}: no such file"
-    unknown = _run("fundax.ingest", "rfmid", source, f"--out={tmp_path / 'manual'}")
-    assert unknown.returncode == 2 and "unknown FORMAT 'rfmid'; known: idrid" in unknown.stderr
+    unknown = _run("fundax.ingest", "odir", source, f"--out={tmp_path / 'manual'}")
+    assert unknown.returncode == 2 and "unknown FORMAT 'odir'; known: idrid, rfmid" in unknown.stderr
     assert _run("fundax.ingest", "idrid", source).returncode == 2  # --out is required
 
 
@@ -267,3 +267,196 @@ def test_an_existing_output_is_not_overwritten(source, tmp_path):
     with pytest.raises(IngestError, match="exists and is not an empty directory"):
         ingest("idrid", source, tmp_path / "manual")
     assert idrid.NAME == "IDRiD"
+
+
+# --- the RFMiD layout, in small -------------------------------------------------------------------------------
+
+RFMID_HEADER = ("ID,Disease_Risk,DR,ARMD,MH,DN,MYA,BRVO,TSLN,ERM,LS,MS,CSR,ODC,CRVO,TV,AH,ODP,ODE,ST,AION,PT,RT,RS,"
+                "CRS,EDN,RPEC,MHL,RP,CWS,CB,ODPM,PRH,MNF,HR,CRAO,TD,CME,PTCR,CF,VH,MCA,VS,BRAO,PLQ,HPED,CL").split(",")
+RFMID_SETS = {"train": ("Training_Set", "Training", "RFMiD_Training_Labels.csv"),
+              "val": ("Evaluation_Set", "Validation", "RFMiD_Validation_Labels.csv"),
+              "test": ("Test_Set", "Test", "RFMiD_Testing_Labels.csv")}
+
+
+def _rfmid_csv(path, rows):
+    """A labels CSV as RFMiD has it: the real header, one row per ID with the positive columns at 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(RFMID_HEADER)]
+    for image_id, positives in rows:
+        lines.append(",".join([str(image_id)] + ["1" if c in positives else "0" for c in RFMID_HEADER[1:]]))
+    path.write_text("\r\n".join(lines) + "\r\n")
+
+
+def _rfmid(root, sets):
+    """RFMiD's folders with ``sets``: set → [(ID, positive columns)], a PNG photograph for each ID."""
+    for name, rows in sets.items():
+        folder, photos, labels = RFMID_SETS[name]
+        _rfmid_csv(root / folder / labels, rows)
+        (root / folder / photos).mkdir(parents=True, exist_ok=True)
+        for image_id, _ in rows:
+            _photo(root / folder / photos / f"{image_id}.png")
+    return root
+
+
+@pytest.fixture
+def rfmid_source(tmp_path):
+    # Training 1: macular hole and media haze (MH, not mapped); 2: membrane, drusen, cotton wool spots and
+    # pigment epithelium changes; Validation 1: nothing; Test 1: preretinal and vitreous haemorrhage (not mapped).
+    return _rfmid(tmp_path / "RFMiD", {"train": [(1, {"Disease_Risk", "MHL", "MH"}),
+                                                 (2, {"Disease_Risk", "ERM", "DN", "CWS", "RPEC"})],
+                                       "val": [(1, set())],
+                                       "test": [(1, {"Disease_Risk", "PRH", "VH"})]})
+
+
+def test_rfmid_becomes_label_only_lines_without_centres(rfmid_source, tmp_path):
+    out = tmp_path / "manual"
+    summary = ingest("rfmid", rfmid_source, out)
+    lines = _lines(out)
+    assert lines == [
+        {"image_id": "rfmid-train-1", "file": "images/rfmid-train-1.png", "split": "train",
+         "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}}]},
+        {"image_id": "rfmid-train-2", "file": "images/rfmid-train-2.png", "split": "train",
+         "annotations": [{"annotator": "rfmid", "findings": {
+             "membrane": None, "drusen": None, "cotton_wool_patch": None, "retinal_pigmentary_change": None}}]},
+        {"image_id": "rfmid-val-1", "file": "images/rfmid-val-1.png", "split": "train",
+         "annotations": [{"annotator": "rfmid", "findings": {}}]},
+        {"image_id": "rfmid-test-1", "file": "images/rfmid-test-1.png", "split": "test",
+         "annotations": [{"annotator": "rfmid", "findings": {}}]},
+    ]
+    copied = (out / "images/rfmid-val-1.png").read_bytes()
+    assert copied == (rfmid_source / "Evaluation_Set/Validation/1.png").read_bytes()
+    assert summary.imported == {"train": 3, "test": 1}
+    assert summary.positives == {"macular_hole": 1, "membrane": 1, "drusen": 1, "cotton_wool_patch": 1,
+                                 "retinal_pigmentary_change": 1}
+    # Disease_Risk and MH of Training 1, Disease_Risk of Training 2, Disease_Risk, PRH and VH of Test 1.
+    assert summary.left_out == {"positive labels of columns not mapped (docs/DATASETS.md)": 6}
+    assert "macular_hole: 1 positive, 3 negative" in summary.text(out)
+
+
+def test_rfmid_lines_want_only_their_centres_from_prepare(rfmid_source, tmp_path):
+    out, data = tmp_path / "manual", tmp_path / "data"
+    ingest("rfmid", rfmid_source, out)
+    prepared = _run("fundax.prepare", "--source=manual", f"--manual_dir={out}", f"--data_dir={data}",
+                    "--image_size=32", "--workers=1")
+    # Without --locate_missing every line is rejected, and for its missing centres alone.
+    assert prepared.returncode == 1 and "no photograph" in prepared.stderr
+    rejects = [json.loads(line) for line in next(data.rglob("rejects.jsonl")).read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [1, 2, 3, 4]
+    assert {r["reason"] for r in rejects} == {
+        "missing required key(s): 'disc', 'fovea'; prepare --locate_missing finds disc and fovea"}
+
+
+def _rfmid_error(tmp_path, source):
+    with pytest.raises(IngestError) as raised:
+        ingest("rfmid", source, tmp_path / "manual")
+    assert not (tmp_path / "manual").exists() and not (tmp_path / "manual.partial").exists()
+    return str(raised.value)
+
+
+def test_a_missing_rfmid_csv_is_named(rfmid_source, tmp_path):
+    path = rfmid_source / "Test_Set/RFMiD_Testing_Labels.csv"
+    path.unlink()
+    assert _rfmid_error(tmp_path, rfmid_source) == f"{path}: no such file"
+
+
+def test_a_row_without_its_photograph_is_named(rfmid_source, tmp_path):
+    (rfmid_source / "Training_Set/Training/2.png").unlink()
+    csv_path = rfmid_source / "Training_Set/RFMiD_Training_Labels.csv"
+    assert _rfmid_error(tmp_path, rfmid_source) == (
+        f"{csv_path}, row 3: ID 2 has no photograph {rfmid_source / 'Training_Set/Training/2.png'}")
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda cells: cells.__setitem__(27, "2"), "MHL is '2', want 0 or 1"),
+    (lambda cells: cells.__setitem__(9, ""), "ERM is '', want 0 or 1"),
+    (lambda cells: cells.__setitem__(0, "x7"), "ID 'x7' is not a number"),
+    (lambda cells: cells.__setitem__(0, "1"), "ID 1 is listed twice (first in row 2)"),
+    (lambda cells: cells.pop(), "want 47 values as the header has, got 46"),
+])
+def test_a_malformed_rfmid_row_is_named_with_its_row(rfmid_source, tmp_path, edit, why):
+    path = rfmid_source / "Training_Set/RFMiD_Training_Labels.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")  # row 3: ID 2
+    edit(cells)
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    assert _rfmid_error(tmp_path, rfmid_source) == f"{path}, row 3: {why}"
+
+
+def test_an_rfmid_header_without_a_mapped_column_is_named(rfmid_source, tmp_path):
+    path = rfmid_source / "Evaluation_Set/RFMiD_Validation_Labels.csv"
+    path.write_text(path.read_text().replace(",MHL,", ",MHX,"))
+    assert _rfmid_error(tmp_path, rfmid_source).startswith(f"{path}, row 1: want a header 'ID,Disease_Risk,DR,…'")
+
+
+def test_a_folder_that_is_not_rfmid_is_named(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    assert _rfmid_error(tmp_path, tmp_path / "elsewhere").startswith(f"{tmp_path / 'elsewhere'}: holds none of")
+    assert rfmid.FINDINGS["MHL"] == "macular_hole" and "MH" not in rfmid.FINDINGS  # MH is media haze
+
+
+def _rfmid_from_retina(root):
+    """18 photographs of scikit-image's retina in RFMiD's layout: 8 training, 6 validation, 4 test.
+
+    Every other one mirrored (the other eye), each turned by up to 6 degrees, scaled by 6 % and
+    brightened or darkened a little, about 256 px; MHL (and Disease_Risk) on every other one. Validation
+    has 6 so that one id, ``rfmid-val-6``, falls into fundax's hashed validation split.
+    """
+    from skimage import data
+    from PIL import ImageEnhance
+
+    retina, rows, k = Image.fromarray(data.retina()), {}, 0
+    for name, count in (("train", 8), ("val", 6), ("test", 4)):
+        folder, photos, _ = RFMID_SETS[name]
+        (root / folder / photos).mkdir(parents=True)
+        rows[name] = []
+        for image_id in range(1, count + 1):
+            photo = retina.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if k % 2 else retina
+            photo = photo.rotate(3.0 * (k % 5 - 2), resample=Image.Resampling.BILINEAR)
+            side = round(256 * (1 + 0.06 * (k % 3 - 1)))
+            photo = photo.resize((side, side), Image.Resampling.BILINEAR)
+            ImageEnhance.Brightness(photo).enhance(1 + 0.05 * (k % 4 - 1.5)).save(
+                root / folder / photos / f"{image_id}.png")
+            rows[name].append((image_id, {"Disease_Risk", "MHL"} if k % 2 == 0 else set()))
+            k += 1
+        _rfmid_csv(root / folder / RFMID_SETS[name][2], rows[name])
+    return root
+
+
+@pytest.mark.slow
+def test_raw_rfmid_photographs_train_and_evaluate_with_located_centres(tmp_path):
+    src = _rfmid_from_retina(tmp_path / "RFMiD")
+    manual_dir, data, workdir = tmp_path / "manual", tmp_path / "data", tmp_path / "W"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1",
+               PYTHONPATH=str(ROOT))
+
+    def run(module, *args):
+        done = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{module}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    assert "RFMiD: 18 photographs written" in run("fundax.ingest", "rfmid", src, f"--out={manual_dir}")
+    lines = _lines(manual_dir)
+    assert not any("disc" in line or "fovea" in line for line in lines)  # no centre placed by hand
+    test_positives = sum(line["split"] == "test" and "macular_hole" in line["annotations"][0]["findings"]
+                         for line in lines)
+    assert test_positives == 2
+    prepared = run("fundax.prepare", "--source=manual", f"--manual_dir={manual_dir}", f"--data_dir={data}",
+                   "--image_size=32", "--locate_missing")
+    assert "lines read 18, accepted 18, rejected 0" in prepared, prepared
+    metadata = json.loads(next(data.rglob("metadata.json")).read_text())
+    assert set(metadata["located"]) == {line["image_id"] for line in lines}
+    config = {"image_size": 32, "batch_size": 8, "eval_every_steps": 4, "log_every_steps": 1,
+              "checkpoint_every_steps": 2, "guided_cnn.stem_width": 4, "guided_cnn.units_per_stage": "(1,1,1)",
+              "guided_cnn.aspp_width": 4, "loader_threads": 2, "num_train_steps": 4, "warmup_steps": 1,
+              "guidance_start_bce": 0.5, "guidance_delay_steps": 1, "guidance_ramp_steps": 2,
+              "lr_schedule": "plateau", "min_votes": 1}
+    run("fundax.train", "--finding=macular_hole", f"--workdir={workdir}", f"--data_dir={data}",
+        "--dataset=fundus_findings/manual", "--config=experiments/configs/cpu_demo.py",
+        *(f"--config.{k}={v}" for k, v in config.items()))
+    run("fundax.evaluate", f"--workdir={workdir}", "--split=test")
+    metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+    assert (metrics["n_positive"], metrics["n_negative"]) == (2, 2)
+    assert metrics["n_positive_without_cue"] == test_positives  # every positive is an image-level label
+    assert metrics["air_tp"] is None and metrics["n_air_tp"] == 0

@@ -14,13 +14,14 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from fundax.ingest import idrid, manual
+from fundax.ingest import idrid, manual, rfmid
 from fundax.ingest.lesions import DEFAULT_MIN_SHARE
 
 Importer = Callable[[pathlib.Path, manual.ManualDirWriter, float, str], manual.Summary]
 
 IMPORTERS: dict[str, Importer] = {
     "idrid": idrid.import_dataset,
+    "rfmid": rfmid.import_dataset,
 }
 """FORMAT → importer(src, writer, min_lesion_share, annotator)."""
 
