@@ -68,18 +68,24 @@ class ManualDirWriter:
     def close(self) -> None:
         self._lines.close()
 
-    def add(self, image_id: str, photo: pathlib.Path, split: str, disc: Sequence[float], fovea: Sequence[float],
-            annotator: str, findings: Mapping[str, list[str]], masks: Mapping[str, np.ndarray]) -> None:
-        """Copy ``photo``, write ``masks`` (finding → bool (H, W)) and the photograph's line."""
+    def add(self, image_id: str, photo: pathlib.Path, split: str, disc: Sequence[float] | None,
+            fovea: Sequence[float] | None, annotator: str, findings: Mapping[str, list[str] | None],
+            masks: Mapping[str, np.ndarray]) -> None:
+        """Copy ``photo``, write ``masks`` (finding → bool (H, W)) and the photograph's line.
+
+        ``disc`` and ``fovea`` None: a line without centres, for ``prepare --locate_missing``;
+        a finding's regions None: an image-level label (docs/DATA_FORMAT.md).
+        """
         file = f"{IMAGES_DIR}/{image_id}{photo.suffix.lower()}"
         shutil.copy2(photo, self.root / file)
         lesion_masks = {}
         for name, mask in masks.items():
             lesion_masks[name] = f"{MASKS_DIR}/{image_id}_{name}.png"
             Image.fromarray(np.asarray(mask, dtype=bool)).save(self.root / lesion_masks[name])
-        line = {"image_id": image_id, "file": file, "split": split,
-                "disc": [float(v) for v in disc], "fovea": [float(v) for v in fovea],
-                "annotations": [{"annotator": annotator, "findings": dict(findings)}]}
+        line: dict = {"image_id": image_id, "file": file, "split": split}
+        if disc is not None and fovea is not None:
+            line |= {"disc": [float(v) for v in disc], "fovea": [float(v) for v in fovea]}
+        line["annotations"] = [{"annotator": annotator, "findings": dict(findings)}]
         if lesion_masks:
             line["lesion_masks"] = lesion_masks
         self._lines.write(json.dumps(line) + "\n")

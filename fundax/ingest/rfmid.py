@@ -15,13 +15,10 @@ centres, so the lines have none: ``prepare --locate_missing`` places them.
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
 import re
-import shutil
 
 from fundax.data import images
-from fundax.ingest import manual
 from fundax.ingest.manual import IngestError, ManualDirWriter, Summary
 
 NAME = "RFMiD"
@@ -119,17 +116,8 @@ def import_dataset(src: pathlib.Path, writer: ManualDirWriter, min_share: float,
             unmapped = sum(value for column, value in labels.items() if column not in FINDINGS)
             if unmapped:
                 summary.left_out["positive labels of columns not mapped (docs/DATASETS.md)"] += unmapped
-            _write_label_only(writer, f"rfmid-{prefix}-{image}", photo, split, annotator, findings)
+            # No centres (prepare --locate_missing places them); positives as image-level labels.
+            writer.add(f"rfmid-{prefix}-{image}", photo, split, None, None, annotator, findings, {})
             summary.positives.update(list(findings))
             summary.imported[split] += 1
     return summary
-
-
-def _write_label_only(writer: ManualDirWriter, image_id: str, photo: pathlib.Path, split: str, annotator: str,
-                      findings: dict[str, None]) -> None:
-    """A line without ``disc`` and ``fovea`` (``prepare --locate_missing`` places them) and its photograph."""
-    file = f"{manual.IMAGES_DIR}/{image_id}{photo.suffix.lower()}"
-    shutil.copy2(photo, writer.root / file)
-    line = {"image_id": image_id, "file": file, "split": split,
-            "annotations": [{"annotator": annotator, "findings": findings}]}
-    writer._lines.write(json.dumps(line) + "\n")
