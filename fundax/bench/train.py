@@ -38,6 +38,7 @@ def random_batch(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict[st
         "region_bits": rng.integers(0, 256, (b,), dtype=np.int32),
         "label": rng.integers(0, 2, (b,)).astype(np.float32),
         "weight": np.ones((b,), np.float32),
+        "guided": np.ones((b,), np.float32),  # every example with a regional cue, as the loader's batches say
     }
 
 
