@@ -116,6 +116,15 @@ trouble() {
   fi
 }
 
+# Count one more restart, or stop once --max-restarts are spent; $1 says what happened.
+spend_restart() {
+  if ((restarts >= MAX_RESTARTS)); then
+    say "$1 and $restarts restart(s) are spent: giving up"
+    exit 1
+  fi
+  restarts=$((restarts + 1))
+}
+
 while :; do
   sleep "$POLL_SECONDS"
   if ! state=$(slice_state); then
@@ -146,11 +155,7 @@ while :; do
         143)
           # Stopped on SIGTERM: a preemption takes the slice next, or maintenance leaves it up.
           if ((stopped)); then
-            if ((restarts >= MAX_RESTARTS)); then
-              say "the training stopped again (status 143) and $restarts restart(s) are spent: giving up"
-              exit 1
-            fi
-            restarts=$((restarts + 1))
+            spend_restart "the training stopped again (status 143)"
             say "the training stopped (status 143) and the slice stays up: resuming it there ($restarts of $MAX_RESTARTS)"
             if ! train_again; then
               trouble "train.sh failed; trying again"
@@ -172,11 +177,7 @@ while :; do
       esac
       ;;
     SUSPENDED | FAILED | PREEMPTED | TERMINATED)
-      if ((restarts >= MAX_RESTARTS)); then
-        say "the slice is $state and $restarts restart(s) are spent: giving up"
-        exit 1
-      fi
-      restarts=$((restarts + 1))
+      spend_restart "the slice is $state"
       say "the slice is $state: creating it again ($restarts of $MAX_RESTARTS)"
       if ! recreate; then
         trouble "could not create the slice again"
