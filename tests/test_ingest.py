@@ -308,20 +308,24 @@ def rfmid_source(tmp_path):
                                        "test": [(1, {"Disease_Risk", "PRH", "VH"})]})
 
 
+RFMID_ASSESSED = ["cotton_wool_patch", "drusen", "retinal_pigmentary_change", "macular_hole", "membrane"]
+"""The findings RFMiD's mapped columns assess, in registry order; the others are not assessed."""
+
+
 def test_rfmid_becomes_label_only_lines_without_centres(rfmid_source, tmp_path):
     out = tmp_path / "manual"
     summary = ingest("rfmid", rfmid_source, out)
     lines = _lines(out)
     assert lines == [
         {"image_id": "rfmid-train-1", "file": "images/rfmid-train-1.png", "split": "train",
-         "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}}]},
+         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}}]},
         {"image_id": "rfmid-train-2", "file": "images/rfmid-train-2.png", "split": "train",
-         "annotations": [{"annotator": "rfmid", "findings": {
+         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {
              "membrane": None, "drusen": None, "cotton_wool_patch": None, "retinal_pigmentary_change": None}}]},
         {"image_id": "rfmid-val-1", "file": "images/rfmid-val-1.png", "split": "train",
-         "annotations": [{"annotator": "rfmid", "findings": {}}]},
+         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {}}]},
         {"image_id": "rfmid-test-1", "file": "images/rfmid-test-1.png", "split": "test",
-         "annotations": [{"annotator": "rfmid", "findings": {}}]},
+         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {}}]},
     ]
     copied = (out / "images/rfmid-val-1.png").read_bytes()
     assert copied == (rfmid_source / "Evaluation_Set/Validation/1.png").read_bytes()

@@ -55,6 +55,8 @@ LESIONS: tuple[tuple[str, str, str | None], ...] = (
     ("5. Optic Disc", "OD", None),
 )
 """(folder, file suffix, fundax finding or None) of each segmentation label."""
+MAPPED: tuple[str, ...] = tuple(finding for _, _, finding in LESIONS if finding is not None)
+"""The findings IDRiD's masks assess; the other five are not assessed on its lines."""
 UNMAPPED = {"MA": "microaneurysm masks (fundax has no microaneurysm finding)",
             "OD": "optic disc masks (used to check the disc centre only)"}
 
@@ -216,5 +218,6 @@ def _add(src: pathlib.Path, writer: ManualDirWriter, summary: Summary, split: st
             continue
         findings[finding], lesion_masks[finding] = regions, mask
         summary.positives[finding] += 1
-    writer.add(image_id, photo, split, disc, fovea, annotator, findings, lesion_masks)
+    writer.add(image_id, photo, split, disc, fovea, annotator, findings, lesion_masks,
+               assessed=MAPPED)
     summary.imported[split] += 1

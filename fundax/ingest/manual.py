@@ -20,6 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+
+from fundax import findings as findings_lib
+
 ANNOTATIONS_FILE = "annotations.jsonl"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
@@ -42,6 +45,8 @@ class Summary:
     """(photograph, why) for each photograph not written."""
     left_out: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     """Why → how many source files were read but not imported (unmapped labels, stray files)."""
+    not_assessed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    """Finding of :attr:`findings` → photographs written on which it is not assessed (no label)."""
 
     def text(self, out: os.PathLike | str) -> str:
         """The summary as the command prints it."""
@@ -50,7 +55,9 @@ class Summary:
         lines = [f"{self.dataset}: {total} photographs written to {out} ({splits}); "
                  f"{len(self.skipped)} skipped"]
         for name in self.findings:
-            lines.append(f"  {name}: {self.positives[name]} positive, {total - self.positives[name]} negative")
+            negative = total - self.positives[name] - self.not_assessed[name]
+            unknown = f", {self.not_assessed[name]} not assessed" if self.not_assessed[name] else ""
+            lines.append(f"  {name}: {self.positives[name]} positive, {negative} negative{unknown}")
         lines += [f"  skipped {image}: {why}" for image, why in self.skipped]
         lines += [f"  left out: {n} {why}" for why, n in sorted(self.left_out.items())]
         return "\n".join(lines)
@@ -70,12 +77,20 @@ class ManualDirWriter:
 
     def add(self, image_id: str, photo: pathlib.Path, split: str, disc: Sequence[float] | None,
             fovea: Sequence[float] | None, annotator: str, findings: Mapping[str, list[str] | None],
-            masks: Mapping[str, np.ndarray]) -> None:
+            masks: Mapping[str, np.ndarray], assessed: Sequence[str] | None = None) -> None:
         """Copy ``photo``, write ``masks`` (finding → bool (H, W)) and the photograph's line.
 
         ``disc`` and ``fovea`` None: a line without centres, for ``prepare --locate_missing``;
-        a finding's regions None: an image-level label (docs/DATA_FORMAT.md).
+        a finding's regions None: an image-level label (docs/DATA_FORMAT.md). ``assessed``: the
+        findings the dataset's labels say anything about (the line's ``"assessed"``); the others
+        are *not assessed* on this line, neither present nor absent. None: every finding.
         """
+        if assessed is not None:
+            unknown = [name for name in assessed if name not in findings_lib.FINDINGS]
+            listed_unassessed = [name for name in findings if name not in assessed]
+            if unknown or listed_unassessed or len(set(assessed)) != len(assessed):
+                raise ValueError(f"{image_id}: assessed {list(assessed)} must name known findings once each "
+                                 f"and every finding listed ({', '.join(findings)})")
         file = f"{IMAGES_DIR}/{image_id}{photo.suffix.lower()}"
         shutil.copy2(photo, self.root / file)
         lesion_masks = {}
@@ -85,6 +100,8 @@ class ManualDirWriter:
         line: dict = {"image_id": image_id, "file": file, "split": split}
         if disc is not None and fovea is not None:
             line |= {"disc": [float(v) for v in disc], "fovea": [float(v) for v in fovea]}
+        if assessed is not None and set(assessed) != set(findings_lib.FINDINGS):
+            line["assessed"] = [name for name in findings_lib.FINDINGS if name in assessed]
         line["annotations"] = [{"annotator": annotator, "findings": dict(findings)}]
         if lesion_masks:
             line["lesion_masks"] = lesion_masks

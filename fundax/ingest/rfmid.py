@@ -117,7 +117,8 @@ def import_dataset(src: pathlib.Path, writer: ManualDirWriter, min_share: float,
             if unmapped:
                 summary.left_out["positive labels of columns not mapped (docs/DATASETS.md)"] += unmapped
             # No centres (prepare --locate_missing places them); positives as image-level labels.
-            writer.add(f"rfmid-{prefix}-{image}", photo, split, None, None, annotator, findings, {})
+            writer.add(f"rfmid-{prefix}-{image}", photo, split, None, None, annotator, findings, {},
+                       assessed=tuple(FINDINGS.values()))
             summary.positives.update(list(findings))
             summary.imported[split] += 1
     return summary
