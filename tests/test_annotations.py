@@ -416,9 +416,50 @@ def test_consensus_rejects_min_votes_below_one(min_votes):
         annotations.consensus(np.array([1]), min_votes=min_votes)
 
 
-def test_consensus_rejects_negative_votes():
+def test_consensus_rejects_negative_votes_other_than_not_assessed():
     with pytest.raises(ValueError, match="non-negative"):
-        annotations.consensus(np.array([0, -1]))
+        annotations.consensus(np.array([0, -2]))
+
+
+def test_consensus_gives_no_label_to_a_finding_not_assessed():
+    label, weight = annotations.consensus(np.array([annotations.NOT_ASSESSED, 0, 1, 2]), min_votes=1)
+    np.testing.assert_array_equal(label, [0, 0, 1, 1])
+    np.testing.assert_array_equal(weight, [0, 1, 1, 1])
+
+
+# --- assessed (optional) -----------------------------------------------------------------------
+
+
+def test_findings_left_out_of_assessed_have_no_votes_at_all():
+    # EXAMPLE: macular hole from two graders, drusen from one; assessed names those two and membrane.
+    record = annotations.parse_line(line(assessed=["membrane", "drusen", "macular_hole"]))
+    assert record.assessed == ("drusen", "macular_hole", "membrane")  # registry order
+    assert "assessed" not in record.extra
+    expected = [annotations.NOT_ASSESSED] * len(findings_lib.FINDINGS)
+    for name, votes in {"drusen": 1, "macular_hole": 2, "membrane": 0}.items():
+        expected[findings_lib.finding_index(name)] = votes
+    np.testing.assert_array_equal(record.votes(), expected)
+    label, weight = annotations.consensus(record.votes())
+    assert weight.sum() == 2 and label.sum() == 1  # macular hole present, membrane absent; the rest no label
+    # Without the key every finding is assessed: a finding no grader lists is absent.
+    assert annotations.parse_line(GOOD).assessed == findings_lib.FINDINGS
+    assert (annotations.parse_line(GOOD).votes() >= 0).all()
+
+
+@pytest.mark.parametrize("assessed, why", [
+    ("drusen", "must be a list of finding names"),
+    (["drusen", 3], "must be a list of finding names"),
+    (["drusen", "macular_hole", "glaucoma"], "glaucoma"),
+    (["drusen", "macular_hole", "drusen"], "'drusen' more than once"),
+    (["drusen"], "annotator 'r01' lists 'macular_hole', which 'assessed' leaves out"),
+])
+def test_a_bad_assessed_is_rejected_naming_what(tmp_path, assessed, why):
+    assert why in rejected(tmp_path, line(assessed=assessed))
+
+
+def test_a_mask_of_a_finding_not_assessed_is_rejected(tmp_path):
+    bad = line(assessed=["drusen", "macular_hole"], lesion_masks={"membrane": "m.png"})
+    assert "'lesion_masks' names 'membrane', which 'assessed' leaves out" in rejected(tmp_path, bad)
 
 
 # --- lesion masks (optional) ---------------------------------------------------------------------

@@ -137,9 +137,9 @@ def test_label_counts_per_split(prepared):
     result, _ = prepared
     counts = result.metadata["label_counts"]
     train_like = {k: counts["train"]["macular_hole"][k] + counts["validation"]["macular_hole"][k]
-                  for k in ("present", "absent", "excluded")}
-    assert train_like == {"present": 6, "absent": 0, "excluded": 0}
-    assert counts["test"]["macular_hole"] == {"present": 0, "absent": 2, "excluded": 0}
+                  for k in ("present", "absent", "excluded", "not_assessed")}
+    assert train_like == {"present": 6, "absent": 0, "excluded": 0, "not_assessed": 0}
+    assert counts["test"]["macular_hole"] == {"present": 0, "absent": 2, "excluded": 0, "not_assessed": 0}
     assert counts["train"]["drusen"]["excluded"] + counts["validation"]["drusen"]["excluded"] == 6
 
 
@@ -255,3 +255,17 @@ def test_training_draws_only_photographs_with_a_certain_grade():
     assert len(set(seen)) == len(seen) == 4 * batches and set(seen) <= set(scored.tolist())
     with pytest.raises(pipeline.DatasetError, match="no photograph of the training split has a certain grade"):
         pipeline.train_dataset(source, example, global_batch=4, seed=0, indices=np.array([], np.int64))
+
+
+def test_a_finding_not_assessed_is_weighed_zero_and_counted_apart():
+    mh, dr = findings.finding_index("macular_hole"), findings.finding_index("drusen")
+    votes = np.zeros((3, len(findings.FINDINGS)), np.int32)
+    votes[:, dr] = annotations.NOT_ASSESSED
+    votes[0, mh], votes[1, mh], votes[2, mh] = 2, annotations.NOT_ASSESSED, 1
+    counts = fundus_findings.label_counts(votes)
+    assert counts["macular_hole"] == {"present": 1, "absent": 0, "excluded": 1, "not_assessed": 1}
+    assert counts["drusen"] == {"present": 0, "absent": 0, "excluded": 0, "not_assessed": 3}
+    record = {"image": np.zeros((8, 8, 3), np.uint8), "disc": np.zeros(2), "fovea": np.ones(2),
+              "votes": votes[1], "region_bits": np.zeros(len(findings.FINDINGS), np.uint8)}
+    example = pipeline.FindingExample("macular_hole", 2)
+    assert example(record)["weight"] == 0 and example.weight(record) == 0 and example.label(record) == 0

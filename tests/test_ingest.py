@@ -178,6 +178,8 @@ def test_idrid_becomes_one_line_per_photograph(source, tmp_path):
     assert "3 photographs" in text and "1 skipped" in text
     assert "left out: 2 microaneurysm masks" in text and "left out: 1 empty EX masks" in text
     assert "hemorrhage: 2 positive, 1 negative" in text
+    # IDRiD's masks assess three findings; the other five are neither present nor absent.
+    assert all(line["assessed"] == ["hemorrhage", "hard_exudate", "cotton_wool_patch"] for line in lines)
 
 
 def test_a_larger_share_narrows_the_cue_and_the_annotator_is_named(source, tmp_path):
@@ -202,6 +204,13 @@ def test_prepare_accepts_what_the_command_writes(source, tmp_path):
                     "--image_size=32", "--strict", "--workers=1")
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert "lines read 3, accepted 3, rejected 0" in prepared.stdout, prepared.stdout
+    # The test split's rows (present, absent, excluded, not assessed): one grader, under min_votes 2, is
+    # uncertain (excluded); the findings IDRiD does not assess are counted apart.
+    table = prepared.stdout.splitlines()
+    start = next(i for i, line in enumerate(table) if line.startswith("test "))
+    rows = {line.split()[-5]: line.split()[-4:] for line in table[start:start + 8]}
+    assert rows["hemorrhage"] == ["0", "0", "1", "0"] and rows["hard_exudate"] == ["0", "1", "0", "0"]
+    assert rows["drusen"] == rows["rnfl_defect"] == ["0", "0", "0", "1"]
 
 
 def _error(tmp_path, source):

@@ -23,6 +23,10 @@ Choices the format leaves open:
   symlinks are resolved, and end in .jpg, .jpeg, .png, .tif or .tiff.
   Whether it exists and decodes is checked later (:mod:`fundax.data.images`),
   as are coordinates beyond the image's width and height.
+* The optional ``assessed`` (a list of finding names, each once) says which findings the
+  line's graders assessed; a finding left out is *not assessed* there: neither present nor
+  absent, its votes :data:`NOT_ASSESSED`, and no grader may list it nor a mask name it.
+  Without the key every finding is assessed, as the format always meant.
 * The optional ``lesion_masks`` (finding → a mask image's path, where lesion
   pixels are known, e.g. from a segmentation) is checked like ``file``; whether
   each mask decodes and matches the photograph's size is checked later too.
@@ -48,6 +52,10 @@ from fundax import regions as regions_lib
 REQUIRED_KEYS: tuple[str, ...] = ("image_id", "file", "split", "disc", "fovea", "annotations")
 LESION_MASKS_KEY = "lesion_masks"
 """Optional: finding → path of a mask of its lesion pixels (DATA_FORMAT.md)."""
+ASSESSED_KEY = "assessed"
+"""Optional: the findings the line's graders assessed; the others are not assessed (DATA_FORMAT.md)."""
+NOT_ASSESSED = -1
+"""The votes of a finding the line does not assess: no label either way (:func:`consensus`)."""
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -84,10 +92,14 @@ class Record:
     extra: Mapping[str, Any]
     lesion_masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Finding → path (relative to the manual directory) of its lesion mask; registry order."""
+    assessed: tuple[str, ...] = findings_lib.FINDINGS
+    """The findings the graders assessed, registry order; every finding unless the line says otherwise."""
 
     def votes(self) -> np.ndarray:
-        """int32[len(FINDINGS)], registry order: how many graders listed each finding."""
-        votes = np.zeros(len(findings_lib.FINDINGS), np.int32)
+        """int32[len(FINDINGS)], registry order: how many graders listed each finding;
+        :data:`NOT_ASSESSED` for a finding the line does not assess."""
+        votes = np.array([0 if name in self.assessed else NOT_ASSESSED for name in findings_lib.FINDINGS],
+                         np.int32)
         for grader in self.graders:
             for name in grader.findings:
                 votes[findings_lib.finding_index(name)] += 1
@@ -244,6 +256,18 @@ def _lesion_masks(value: Any) -> dict[str, str]:
     return {name: value[name] for name in findings_lib.FINDINGS if name in value}
 
 
+def _assessed(value: Any) -> tuple[str, ...]:
+    """The optional ``assessed`` list, checked: known findings, each once; registry order."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise AnnotationError(f"{ASSESSED_KEY!r} must be a list of finding names, got {value!r}")
+    for name in value:
+        _known_finding(name, ASSESSED_KEY)
+    if len(set(value)) != len(value):
+        twice = sorted({name for name in value if value.count(name) > 1})
+        raise AnnotationError(f"{ASSESSED_KEY!r} lists {', '.join(map(repr, twice))} more than once")
+    return tuple(name for name in findings_lib.FINDINGS if name in value)
+
+
 Locator = Callable[[str], tuple[tuple[float, float], tuple[float, float], dict[str, Any]]]
 """``locate(file) -> (disc, fovea, what was found)``: centres for a line that has none
 (``prepare --locate_missing``); raises AnnotationError when it cannot place them with confidence."""
@@ -305,6 +329,16 @@ def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -
         seen.add(grader.annotator)
 
     lesion_masks = _lesion_masks(obj[LESION_MASKS_KEY]) if LESION_MASKS_KEY in obj else {}
+    assessed = _assessed(obj[ASSESSED_KEY]) if ASSESSED_KEY in obj else findings_lib.FINDINGS
+    for grader in graders:
+        listed = [name for name in grader.findings if name not in assessed]
+        if listed:
+            raise AnnotationError(f"annotator {grader.annotator!r} lists {', '.join(map(repr, listed))}, "
+                                  f"which {ASSESSED_KEY!r} leaves out (not assessed on this line)")
+    masked = [name for name in lesion_masks if name not in assessed]
+    if masked:
+        raise AnnotationError(f"{LESION_MASKS_KEY!r} names {', '.join(map(repr, masked))}, "
+                              f"which {ASSESSED_KEY!r} leaves out (not assessed on this line)")
 
     return Record(
         image_id=image_id,
@@ -315,9 +349,10 @@ def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -
         graders=graders,
         line=text,
         line_number=line_number,
-        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k != LESION_MASKS_KEY}
+        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k not in (LESION_MASKS_KEY, ASSESSED_KEY)}
         | ({LOCATED_KEY: located} if located is not None else {}),
         lesion_masks=lesion_masks,
+        assessed=assessed,
     )
 
 
@@ -389,12 +424,13 @@ def consensus(votes: np.ndarray, min_votes: int = 2) -> tuple[np.ndarray, np.nda
     """Training label and weight (float32, shape of ``votes``) from grader votes (§3.1).
 
     label = 1 where votes ≥ min_votes; weight = 0 where 0 < votes < min_votes (an
-    uncertain finding, left out of training and evaluation), 1 elsewhere.
+    uncertain finding, left out of training and evaluation) or votes = :data:`NOT_ASSESSED`
+    (no label at all, left out likewise), 1 elsewhere.
     """
     if min_votes < 1:
         raise ValueError(f"min_votes must be >= 1, got {min_votes}")
     votes = np.asarray(votes)
-    if np.any(votes < 0):
-        raise ValueError("votes must be non-negative counts")
+    if np.any(votes < NOT_ASSESSED):
+        raise ValueError(f"votes must be non-negative counts or NOT_ASSESSED ({NOT_ASSESSED})")
     present = votes >= min_votes
     return present.astype(np.float32), (present | (votes == 0)).astype(np.float32)

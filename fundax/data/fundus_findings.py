@@ -340,13 +340,14 @@ def _store_uncompressed(dataset_dir: pathlib.Path) -> None:
 
 
 def label_counts(votes: np.ndarray, min_votes: int = 2) -> dict[str, dict[str, int]]:
-    """Per finding, how many records are present, absent and excluded (uncertain)."""
+    """Per finding, how many records are present, absent, excluded (uncertain) and not assessed."""
     label, weight = annotations.consensus(votes, min_votes)
     return {
         name: {
             "present": int(np.sum((weight[:, k] > 0) & (label[:, k] > 0))),
             "absent": int(np.sum((weight[:, k] > 0) & (label[:, k] == 0))),
-            "excluded": int(np.sum(weight[:, k] == 0)),
+            "excluded": int(np.sum((weight[:, k] == 0) & (votes[:, k] > 0))),
+            "not_assessed": int(np.sum(votes[:, k] == annotations.NOT_ASSESSED)),
         }
         for k, name in enumerate(findings_lib.FINDINGS)
     }

@@ -90,7 +90,7 @@ class FindingExample:
         self.min_votes = min_votes
 
     def weight(self, record: dict[str, Any]) -> float:
-        """The record's weight for this finding: 0 when its grade is uncertain (excluded)."""
+        """The record's weight for this finding: 0 when its grade is uncertain or not assessed (excluded)."""
         return float(annotations.consensus(np.asarray(record["votes"][self.index]), self.min_votes)[1])
 
     def label(self, record: dict[str, Any]) -> float:
@@ -159,7 +159,7 @@ def train_dataset(
         raise DatasetError("the training split is empty")
     if indices is not None and len(indices) == 0:
         raise DatasetError("no photograph of the training split has a certain grade for this finding "
-                           "(all are excluded: one vote short of min_votes)")
+                           "(all are excluded: one vote short of min_votes, or not assessed)")
     records = grain.MapDataset.range(len(source)) if indices is None else grain.MapDataset.source(
         [int(i) for i in indices])
     order = records.shuffle(seed=seed).repeat()

@@ -213,13 +213,15 @@ def summary(result: PrepareResult) -> str:
         f"lines read {meta['num_read']}, accepted {meta['num_accepted']}, rejected {meta['num_rejected']}"
         + (f" (reasons in {result.rejects_path})" if meta["num_rejected"] else ""),
         "split       " + " ".join(f"{n:>10}" for n in ("examples",))
-        + "  finding                      present   absent  excluded",
+        + "  finding                      present   absent  excluded  not assessed",
     ]
     for split, counts in meta["label_counts"].items():
         for k, name in enumerate(findings_lib.FINDINGS):
             c = counts[name]
             head = f"{split:<11} {result.split_sizes.get(split, 0):>10}" if k == 0 else " " * 22
-            lines.append(f"{head}  {name:<26} {c['present']:>8} {c['absent']:>8} {c['excluded']:>9}")
+            # Sets prepared before "assessed" existed assessed every finding.
+            lines.append(f"{head}  {name:<26} {c['present']:>8} {c['absent']:>8} {c['excluded']:>9}"
+                         f" {c.get('not_assessed', 0):>13}")
     if "located" in meta:
         lines.append(f"disc and fovea located in {len(meta['located'])} photograph(s) whose lines had none "
                      f"(metadata.json: located)")
