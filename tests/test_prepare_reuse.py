@@ -49,7 +49,7 @@ def test_edited_annotations_are_refused_not_reused(manual):
         _again(root, data_dir)
     rebuilt = _again(root, data_dir, overwrite=True)
     assert not rebuilt.reused
-    assert rebuilt.metadata["label_counts"]["test"]["macular_hole"] == {"present": 0, "absent": 1, 
+    assert rebuilt.metadata["label_counts"]["test"]["macular_hole"] == {"present": 0, "absent": 1,
         "excluded": 0, "not_assessed": 0}
     assert first.metadata["label_counts"]["test"]["macular_hole"]["present"] == 1
 

@@ -47,7 +47,7 @@ def test_a_train_only_directory_is_prepared_with_an_empty_test_split(train_only)
     assert result.split_sizes == {"train": 7, "validation": 1, "test": 0}
     assert result.metadata["empty_splits"] == ["test"]
     assert result.rejects_path.read_text() == ""
-    assert result.metadata["label_counts"]["test"]["macular_hole"] == {"present": 0, "absent": 0, 
+    assert result.metadata["label_counts"]["test"]["macular_hole"] == {"present": 0, "absent": 0,
         "excluded": 0, "not_assessed": 0}
     assert "empty splits, left out of the dataset: test" in prepare.summary(result)
     assert len(pipeline.open_split("fundus_findings/manual", data_dir, "validation")) == 1
