@@ -93,8 +93,10 @@ def main(argv: list[str]) -> int:
                 problem = e
             parallel.raise_together(problem, ValueError)
         if config.compilation_cache_dir != "off":
+            # A cache the environment names (JAX_COMPILATION_CACHE_DIR) serves every run on the machine.
             parallel.enable_compilation_cache(
-                config.compilation_cache_dir or str(workdirs.Workdir(FLAGS.workdir).compilation_cache))
+                config.compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+                or str(workdirs.Workdir(FLAGS.workdir).compilation_cache))
         result = loop.train_and_evaluate(config, FLAGS.workdir, config.data_dir,
                                           allow_config_change=FLAGS.allow_config_change)
     except configs.ConfigError as e:

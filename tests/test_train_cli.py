@@ -23,19 +23,26 @@ TINY = [
 ]
 
 
-def _run(module, *args, timeout=300):
+def _run(module, *args, timeout=300, env_cache=True):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1")
+    if not env_cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 4-step run on an embedded synthetic set, then the same command to 6 steps."""
+    """A 4-step run on an embedded synthetic set, then the same command to 6 steps.
+
+    The first compiles into WORKDIR/jax_cache (no cache in the environment), the second into the
+    session's cache that conftest names in JAX_COMPILATION_CACHE_DIR: the workdir's stays as it was.
+    """
     base = tmp_path_factory.mktemp("run")
     data, work = base / "data", base / "work"
     first = _run("fundax.train", "--finding=macular_hole", f"--workdir={work}", f"--data_dir={data}",
-                 *TINY, "--config.num_train_steps=4")
+                 *TINY, "--config.num_train_steps=4", env_cache=False)
+    first.cached = sorted(p.name for p in (work / "jax_cache").iterdir()) if (work / "jax_cache").is_dir() else []
     second = _run("fundax.train", "--finding=macular_hole", f"--workdir={work}", f"--data_dir={data}",
                   *TINY, "--config.num_train_steps=6")
     return first, second, data, work
@@ -52,14 +59,17 @@ def test_first_run_prepares_the_synthetic_set_and_trains(trained):
     config = json.loads((work / "config.json").read_text())
     assert config["finding"] == "macular_hole" and config["image_size"] == 32
     assert (work / "tensorboard").is_dir() and any((work / "tensorboard").iterdir())
+    assert len(first.cached) >= 2  # the train and the eval step, at least
 
 
 @pytest.mark.slow
 def test_rerun_resumes_and_metrics_continue(trained):
-    _, second, _, work = trained
+    first, second, _, work = trained
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming" in second.stderr and "from step 4" in second.stderr
     assert "prepared the synthetic set" not in second.stdout  # prepared once
+    assert sorted(p.name for p in (work / "jax_cache").iterdir()) == first.cached  # $JAX_COMPILATION_CACHE_DIR
+    assert any(pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).iterdir())
     entries = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     train_steps = [e["step"] for e in entries if e["split"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6]

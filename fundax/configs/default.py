@@ -102,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""
     # "START,N": a jax.profiler trace of N train steps from step START into WORKDIR/profile. "" = none.
     config.profile_steps = ""
-    # Compiled steps kept on disk so a restart skips compiling: "" = WORKDIR/jax_cache, "off" = none.
+    # Compiled steps kept on disk so a restart skips compiling: "" = $JAX_COMPILATION_CACHE_DIR if set,
+    # else WORKDIR/jax_cache; "off" = none.
     config.compilation_cache_dir = ""
     return config
