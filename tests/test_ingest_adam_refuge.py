@@ -126,7 +126,8 @@ def test_adam_becomes_one_line_per_row_with_regions_from_its_masks(adam_source, 
         {"image_id": "adam-A0001", "file": "images/adam-A0001.jpg", "split": "train", **centres,
          "assessed": assessed, "amd": True,
          "annotations": [{"annotator": "adam", "findings": {"drusen": ["macula"], "hard_exudate": ["superotemporal"]}}],
-         "lesion_masks": {"drusen": "masks/adam-A0001_drusen.png", "hard_exudate": "masks/adam-A0001_hard_exudate.png"}},
+         "lesion_masks": {"drusen": "masks/adam-A0001_drusen.png",
+                          "hard_exudate": "masks/adam-A0001_hard_exudate.png"}},
         {"image_id": "adam-A0002", "file": "images/adam-A0002.jpg", "split": "train", **centres,
          "assessed": assessed, "amd": True,
          "annotations": [{"annotator": "adam", "findings": {"hemorrhage": ["macula"]}}],
@@ -219,7 +220,8 @@ def test_an_adam_mask_drawn_light_on_dark_is_named(adam_source, tmp_path):
 def test_an_adam_mask_without_a_row_is_named(adam_source, tmp_path):
     _bmp(adam_source / LESIONS / "hemorrhage/A0009.bmp", _drawn(MACULA))
     assert _error("adam", adam_source, tmp_path) == (
-        f"{adam_source / LESIONS}/hemorrhage/A0009.bmp: a mask of A0009, which has no row in {adam_source / ADAM_SHEET}")
+        f"{adam_source / LESIONS}/hemorrhage/A0009.bmp: a mask of A0009, "
+        f"which has no row in {adam_source / ADAM_SHEET}")
 
 
 def test_adam_without_its_lesion_masks_is_named(adam_source, tmp_path):

@@ -77,7 +77,8 @@ def import_dataset(src: pathlib.Path, writer: ManualDirWriter, min_share: float,
 
 
 def _add(src: pathlib.Path, writer: ManualDirWriter, summary: Summary, name: str, row: ichallenge.Row,
-         discs: dict, masks: dict, min_share: float, annotator: str) -> None:
+         discs: dict[str, pathlib.Path], masks: dict[str, dict[str, pathlib.Path]], min_share: float,
+         annotator: str) -> None:
     photo = src / PHOTOS / FOLDERS[name[0]] / name
     size = images.image_size(photo, min_side_px=images.MIN_SIDE_PX)
     stem = photo.stem

@@ -94,7 +94,8 @@ def _photo(src: pathlib.Path, s: Set, name: str) -> pathlib.Path:
     return src / folder / name
 
 
-def _read(src: pathlib.Path, s: Set, summary: Summary) -> tuple[Set, dict[str, ichallenge.Row], dict]:
+def _read(src: pathlib.Path, s: Set,
+          summary: Summary) -> tuple[Set, dict[str, ichallenge.Row], dict[str, pathlib.Path]]:
     """The rows and masks of set ``s``, checked: each row has its photograph and mask, each mask its row."""
     columns = ("ImgName", "Fovea_X", "Fovea_Y") + ((s.label_column,) if s.label_column else ())
     rows = ichallenge.index_rows(ichallenge.read_sheet(src / s.sheet, columns), "ImgName", s.name)
