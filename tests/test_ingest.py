@@ -266,7 +266,7 @@ def test_the_command_says_errors_in_one_line(source, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {source / OD_TRAIN}: no such file"
     unknown = _run("fundax.ingest", "odir", source, f"--out={tmp_path / 'manual'}")
-    assert unknown.returncode == 2 and "unknown FORMAT 'odir'; known: idrid, rfmid" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown FORMAT 'odir'; known: adam, idrid, refuge, rfmid" in unknown.stderr
     assert _run("fundax.ingest", "idrid", source).returncode == 2  # --out is required
 
 

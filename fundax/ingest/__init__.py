@@ -6,7 +6,8 @@
 (``docs/DATASETS.md`` lists them, their label mappings and those not built yet). An
 importer reads SRC, hands each photograph to a :class:`~fundax.ingest.manual.ManualDirWriter`
 and returns a :class:`~fundax.ingest.manual.Summary`; :func:`ingest` builds the directory
-and moves it into place only when the import succeeded.
+and moves it into place only when the import succeeded. :mod:`~fundax.ingest.ichallenge`
+holds what the ADAM and REFUGE importers share (``.xlsx`` sheets, BMP masks).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from fundax.ingest import idrid, manual, rfmid
+from fundax.ingest import adam, idrid, manual, refuge, rfmid
 from fundax.ingest.lesions import DEFAULT_MIN_SHARE
 
 Importer = Callable[[pathlib.Path, manual.ManualDirWriter, float, str], manual.Summary]
 
 IMPORTERS: dict[str, Importer] = {
+    "adam": adam.import_dataset,
     "idrid": idrid.import_dataset,
+    "refuge": refuge.import_dataset,
     "rfmid": rfmid.import_dataset,
 }
 """FORMAT → importer(src, writer, min_lesion_share, annotator)."""

@@ -26,6 +26,8 @@ from fundax import findings as findings_lib
 ANNOTATIONS_FILE = "annotations.jsonl"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
+LINE_KEYS = ("image_id", "file", "split", "disc", "fovea", "assessed", "annotations", "lesion_masks")
+"""The keys :meth:`ManualDirWriter.add` writes itself; ``extra`` may not use them."""
 
 
 class IngestError(ValueError):
@@ -77,13 +79,15 @@ class ManualDirWriter:
 
     def add(self, image_id: str, photo: pathlib.Path, split: str, disc: Sequence[float] | None,
             fovea: Sequence[float] | None, annotator: str, findings: Mapping[str, list[str] | None],
-            masks: Mapping[str, np.ndarray], assessed: Sequence[str] | None = None) -> None:
+            masks: Mapping[str, np.ndarray], assessed: Sequence[str] | None = None,
+            extra: Mapping[str, object] | None = None) -> None:
         """Copy ``photo``, write ``masks`` (finding → bool (H, W)) and the photograph's line.
 
         ``disc`` and ``fovea`` None: a line without centres, for ``prepare --locate_missing``;
         a finding's regions None: an image-level label (docs/DATA_FORMAT.md). ``assessed``: the
         findings the dataset's labels say anything about (the line's ``"assessed"``); the others
         are *not assessed* on this line, neither present nor absent. None: every finding.
+        ``extra``: further keys of the line (a dataset's diagnosis label), kept and not interpreted.
         """
         if assessed is not None:
             unknown = [name for name in assessed if name not in findings_lib.FINDINGS]
@@ -91,6 +95,9 @@ class ManualDirWriter:
             if unknown or listed_unassessed or len(set(assessed)) != len(assessed):
                 raise ValueError(f"{image_id}: assessed {list(assessed)} must name known findings once each "
                                  f"and every finding listed ({', '.join(findings)})")
+        clashing = [key for key in extra or {} if key in LINE_KEYS]
+        if clashing:
+            raise ValueError(f"{image_id}: extra keys {clashing} are keys of the format")
         file = f"{IMAGES_DIR}/{image_id}{photo.suffix.lower()}"
         shutil.copy2(photo, self.root / file)
         lesion_masks = {}
@@ -102,6 +109,7 @@ class ManualDirWriter:
             line |= {"disc": [float(v) for v in disc], "fovea": [float(v) for v in fovea]}
         if assessed is not None and set(assessed) != set(findings_lib.FINDINGS):
             line["assessed"] = [name for name in findings_lib.FINDINGS if name in assessed]
+        line |= dict(extra or {})
         line["annotations"] = [{"annotator": annotator, "findings": dict(findings)}]
         if lesion_masks:
             line["lesion_masks"] = lesion_masks
