@@ -14,13 +14,18 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from fundax.ingest import idrid, manual, rfmid
+from fundax.ingest import idrid, kaggle_dr, manual, messidor, odir, rfmid
 from fundax.ingest.lesions import DEFAULT_MIN_SHARE
 
 Importer = Callable[[pathlib.Path, manual.ManualDirWriter, float, str], manual.Summary]
 
 IMPORTERS: dict[str, Importer] = {
+    "aptos": kaggle_dr.import_aptos,
+    "eyepacs": kaggle_dr.import_eyepacs,
     "idrid": idrid.import_dataset,
+    "messidor": messidor.import_messidor,
+    "messidor2": messidor.import_messidor2,
+    "odir": odir.import_dataset,
     "rfmid": rfmid.import_dataset,
 }
 """FORMAT → importer(src, writer, min_lesion_share, annotator)."""
