@@ -212,6 +212,9 @@ def test_bad_messidor_sources_are_named(tmp_path):
                                                  f"twice (first in {src / 'Base11/Annotation_Base11.xls'}, row 3)")
     xls.write_text("Image name\tRetinopathy grade\n")
     assert _error("messidor", src, tmp_path).startswith(f"{xls}: cannot be read as XLS")
+    xls.unlink()
+    assert _error("messidor", src, tmp_path) == f"{src / 'Base33'}: no Annotation_Base33.xls in it or in {src} " \
+                                                "(docs/DATASETS.md)"
 
 
 # --- Messidor-2: IMAGES/ and the adjudicated grades' messidor_data.csv ---------------------------------------
@@ -243,6 +246,8 @@ def test_messidor2_adjudicated_grades_are_icdr_grades_with_referable_edema(tmp_p
     csv_path = src / "messidor_data.csv"
     csv_path.write_text(csv_path.read_text().replace("IM000003.JPG,2,1,1", "IM000003.JPG,2,2,1"))
     assert _error("messidor2", src, tmp_path) == f"{csv_path}, row 5: adjudicated_dme is '2', want one of 0, 1"
+    csv_path.unlink()
+    assert _error("messidor2", src, tmp_path).startswith(f"{csv_path}: no such file; the adjudicated grades")
 
 
 # --- APTOS 2019 and EyePACS: Kaggle's CSVs and folders --------------------------------------------------------

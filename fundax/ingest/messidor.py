@@ -37,8 +37,10 @@ M2_COLUMNS = ("image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicate
 def _annotation(src: pathlib.Path, base: str) -> pathlib.Path:
     """A base's annotation file: the errata's update before the original, in the base's folder before SRC."""
     names = (f"Annotation_{base}_update20161024.xls", f"Annotation_{base}.xls")
-    candidates = [folder / name for name in names for folder in (src / base, src)]
-    return next((path for path in candidates if path.is_file()), candidates[-1])
+    found = [folder / name for name in names for folder in (src / base, src) if (folder / name).is_file()]
+    if not found:
+        raise IngestError(f"{src / base}: no Annotation_{base}.xls in it or in {src} (docs/DATASETS.md)")
+    return found[0]
 
 
 def messidor1_assessed(grade: str, risk: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -101,6 +103,9 @@ def import_messidor2(src: pathlib.Path, writer: ManualDirWriter, min_share: floa
     labels = src / "messidor_data.csv"
     if not labels.is_file() and not (src / "IMAGES").is_dir():
         raise IngestError(f"{src}: holds neither messidor_data.csv nor IMAGES; is it the Messidor-2 download? "
+                          "(docs/DATASETS.md)")
+    if not labels.is_file():
+        raise IngestError(f"{labels}: no such file; the adjudicated grades are a download of their own "
                           "(docs/DATASETS.md)")
     summary = Summary("Messidor-2", findings=kaggle_dr.ICDR_FINDINGS)
     header, rows = tables.read_table(labels)
