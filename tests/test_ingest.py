@@ -265,8 +265,9 @@ def test_the_command_says_errors_in_one_line(source, tmp_path):
     done = _run("fundax.ingest", "idrid", source, f"--out={tmp_path / 'manual'}")
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {source / OD_TRAIN}: no such file"
-    unknown = _run("fundax.ingest", "odir", source, f"--out={tmp_path / 'manual'}")
-    assert unknown.returncode == 2 and "unknown FORMAT 'odir'; known: adam, idrid, refuge, rfmid" in unknown.stderr
+    unknown = _run("fundax.ingest", "drive", source, f"--out={tmp_path / 'manual'}")
+    assert unknown.returncode == 2 and ("unknown FORMAT 'drive'; known: adam, aptos, eyepacs, idrid, messidor, "
+                                        "messidor2, odir, refuge, rfmid") in unknown.stderr
     assert _run("fundax.ingest", "idrid", source).returncode == 2  # --out is required
 
 

@@ -15,14 +15,19 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable
 
-from fundax.ingest import adam, idrid, manual, refuge, rfmid
+from fundax.ingest import adam, idrid, kaggle_dr, manual, messidor, odir, refuge, rfmid
 from fundax.ingest.lesions import DEFAULT_MIN_SHARE
 
 Importer = Callable[[pathlib.Path, manual.ManualDirWriter, float, str], manual.Summary]
 
 IMPORTERS: dict[str, Importer] = {
     "adam": adam.import_dataset,
+    "aptos": kaggle_dr.import_aptos,
+    "eyepacs": kaggle_dr.import_eyepacs,
     "idrid": idrid.import_dataset,
+    "messidor": messidor.import_messidor,
+    "messidor2": messidor.import_messidor2,
+    "odir": odir.import_dataset,
     "refuge": refuge.import_dataset,
     "rfmid": rfmid.import_dataset,
 }

@@ -2,7 +2,8 @@
 
     python -m fundax.ingest FORMAT SRC --out MANUAL_DIR [--min_lesion_share=0.05] [--annotator=NAME]
 
-FORMAT is one of :data:`fundax.ingest.IMPORTERS` (``adam``, ``idrid``, ``refuge``, ``rfmid``); SRC the dataset as downloaded
+FORMAT is one of :data:`fundax.ingest.IMPORTERS` (``adam``, ``aptos``, ``eyepacs``, ``idrid``,
+``messidor``, ``messidor2``, ``odir``, ``refuge``, ``rfmid``); SRC the dataset as downloaded
 and unpacked (``docs/DATASETS.md``). Prints what was written, skipped and left out. Exit
 status as :mod:`fundax.cli` has it: 0 done; 1 a source that cannot be imported (one line
 naming the file and row); 2 a usage error.
