@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import pathlib
 import signal
 import socket
@@ -26,10 +27,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from fundax import regions
+from fundax import landmarks, regions
 from fundax.annotate import app as app_lib
 from fundax.annotate import catalogue, cli, photos
-from fundax.data import annotations, images
+from fundax.data import annotations, images, synthetic
 
 TOKEN = "t0ken-for-tests"
 W, H = 60, 40
@@ -264,7 +265,7 @@ def test_decodes_run_one_at_a_time_and_a_photograph_asked_twice_at_once_is_decod
 
 def test_the_photograph_cache_keeps_the_last_few_and_sees_changes(tmp_path):
     decoded = []
-    cache = photos.JpegCache(entries=2, max_bytes=10**6,
+    cache = photos.PhotoCache(entries=2, max_bytes=10**6,
                              encode=lambda path: decoded.append(path.name) or path.read_bytes())
     paths = [tmp_path / f"{k}.png" for k in range(3)]
     for k, path in enumerate(paths):
@@ -274,7 +275,7 @@ def test_the_photograph_cache_keeps_the_last_few_and_sees_changes(tmp_path):
     assert decoded == ["0.png", "1.png", "2.png", "0.png"]  # 0 had made way for 2
     paths[0].write_bytes(b"changed")
     assert cache.get(paths[0]) == b"changed"
-    small = photos.JpegCache(entries=8, max_bytes=15, encode=lambda path: path.read_bytes())
+    small = photos.PhotoCache(entries=8, max_bytes=15, encode=lambda path: path.read_bytes())
     for path in paths:
         small.get(path)
     assert len(small) == 1  # 10 bytes each: a second one would pass the byte limit
@@ -310,6 +311,8 @@ def test_photographs_prepare_would_refuse_are_flagged_when_opened_and_never_deco
     assert response.status_code == 400 and "over the limit of 50000000" in response.json()["error"]
     saved = _post(client, 3, _reading())
     assert saved.status_code == 400 and "over the limit" in saved.json()["error"]
+    suggested = _get(client, "/api/photos/3/suggestion")
+    assert suggested.status_code == 400 and "over the limit" in suggested.json()["error"]
     assert seen["calls"] == []
 
 
@@ -328,6 +331,8 @@ def test_what_the_browser_is_told_names_paths_relative_to_the_images_folder(manu
     assert broken.startswith("sub/broken.png: truncated or corrupt"), broken
     fake = _get(client, "/photos/fake.jpg").json()["error"]
     assert fake.startswith("fake.jpg: "), fake
+    unlocated = _get(client, "/api/photos/3/suggestion").json()["error"]
+    assert unlocated.startswith("sub/broken.png: truncated or corrupt"), unlocated
     from fundax.annotate import store
 
     def denied(*args):
@@ -336,7 +341,7 @@ def test_what_the_browser_is_told_names_paths_relative_to_the_images_folder(manu
     monkeypatch.setattr(store.os, "replace", denied)
     failed = _post(client, 0, _reading()).json()["error"]
     assert failed == "cannot read or write ../annotations.jsonl: Permission denied"
-    for message in (broken, fake, failed):
+    for message in (broken, fake, unlocated, failed):
         assert str(tmp_path) not in message
 
 
@@ -620,3 +625,106 @@ def test_a_failed_write_is_reported_to_the_page(manual, monkeypatch):
     monkeypatch.setattr(store.os, "replace", full_disk)
     response = _post(_client(manual), 0, _reading())
     assert response.status_code == 500 and "No space left on device" in response.json()["error"]
+
+
+# --- suggested centres and lines the tool did not write ------------------------------------------
+
+
+@pytest.fixture
+def imported(tmp_path):
+    """A manual directory of an import: a fundus photograph (eye.png) and noise (noise.png), lines without centres."""
+    root = tmp_path / "imported"
+    eye = synthetic.synthesize_eye(synthetic.SyntheticConfig(num_train=1, num_test=0, height_px=200, seed=3),
+                                   "train", 0)
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(eye.image).save(root / "images" / "eye.png")
+    _picture(root / "images" / "noise.png")
+    line = {"image_id": "eye", "file": "images/eye.png", "split": "train", "assessed": ["drusen", "macular_hole"],
+            "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}, "row": 3}],
+            "lesion_masks": {"drusen": "masks/eye.png"}, "camera": "x"}
+    (root / "annotations.jsonl").write_text(json.dumps(line, ensure_ascii=False) + "\n")
+    return root
+
+
+def _counting_locates(monkeypatch) -> list[tuple[int, ...]]:
+    calls, locate = [], landmarks.locate
+    monkeypatch.setattr(landmarks, "locate", lambda image: calls.append(image.shape) or locate(image))
+    return calls
+
+
+def test_the_suggested_centres_are_the_locators_and_computed_once_per_photograph(imported, monkeypatch):
+    photo = imported / "images" / "eye.png"
+    disc, fovea, info = landmarks.locate_photograph(photo)  # what prepare --locate_missing would write
+    calls = _counting_locates(monkeypatch)
+    client = _client(imported, "rfmid")
+    view = _get(client, "/api/photos/0").json()
+    assert view["file"] == "images/eye.png" and view["disc"] is None and view["fovea"] is None
+    first, again = (_get(client, "/api/photos/0/suggestion") for _ in range(2))
+    assert first.status_code == 200 and first.json() == again.json() and len(calls) == 1
+    assert first.json() == {"disc": list(disc), "fovea": list(fovea), "disc_confidence": info["disc_confidence"],
+                            "fovea_confidence": info["fovea_confidence"], "flags": [], "confident": True,
+                            "locator": landmarks.LOCATOR_VERSION}
+    os.utime(photo, ns=(10**18, 10**18))  # a photograph changed on disk is located again
+    assert _get(client, "/api/photos/0/suggestion").json() == first.json() and len(calls) == 2
+    assert _get(client, "/api/photos/0").json()["disc"] is None  # a suggestion writes nothing
+
+
+def test_a_suggestion_the_locator_is_unsure_of_says_so(imported):
+    body = _get(_client(imported), "/api/photos/1/suggestion").json()  # noise: no fundus
+    assert body["confident"] is False and "low disc confidence" in body["flags"]
+    with pytest.raises(annotations.AnnotationError, match="could not place them with confidence"):
+        landmarks.locate_photograph(imported / "images" / "noise.png")  # as prepare --locate_missing refuses it
+
+
+def test_the_page_is_answered_while_the_locator_runs(imported, monkeypatch):
+    started, release, locate = threading.Event(), threading.Event(), landmarks.locate
+
+    def slow(image):
+        started.set()
+        assert release.wait(30)
+        return locate(image)
+
+    monkeypatch.setattr(landmarks, "locate", slow)
+    client = _client(imported)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(_get(client, "/api/photos/0/suggestion").status_code))
+    worker.start()
+    try:
+        assert started.wait(30)
+        assert _get(client, "/api/photos/1").status_code == 200
+        assert _get(client, "/api/photos/1/regions?disc=1,1&fovea=50,30&width=10&height=10").status_code == 200
+    finally:
+        release.set()
+        worker.join(30)
+    assert answers == [200]
+
+
+def test_an_imported_line_round_trips_through_the_page_and_gains_only_what_the_grader_confirms(imported):
+    path = imported / "annotations.jsonl"
+    before = path.read_bytes()
+    client = _client(imported, "rfmid")
+    view = _get(client, "/api/photos/0").json()
+    assert view["findings"] == {"macular_hole": None}  # shown as an image-level label
+    # Saved as loaded, the suggestion not confirmed: no centres sent, the line unchanged to the byte.
+    body = json.dumps({"findings": view["findings"], "disc": None, "fovea": None, "centres_seen": None})
+    saved = _post(client, 0, body)
+    assert saved.status_code == 200 and saved.json()["disc"] is None and path.read_bytes() == before
+    # Confirmed (or dragged) centres and the label marked in regions: those are written, the rest kept.
+    suggestion = _get(client, "/api/photos/0/suggestion").json()
+    marked = {"macular_hole": ["macula"]}
+    body = json.dumps({"findings": marked, "disc": suggestion["disc"], "fovea": suggestion["fovea"],
+                       "centres_seen": None})
+    assert _post(client, 0, body).status_code == 200
+    line, old = json.loads(path.read_text()), json.loads(before)
+    assert line == {**old, "disc": suggestion["disc"], "fovea": suggestion["fovea"],
+                    "annotations": [{**old["annotations"][0], "findings": marked}]}
+    assert list(line) == [*old, "disc", "fovea"]
+
+
+def test_a_new_line_saved_without_centres_has_none(imported):
+    client = _client(imported, "r01")
+    saved = _post(client, 1, json.dumps({"findings": {}, "disc": None, "fovea": None, "centres_seen": None}))
+    assert saved.status_code == 200 and saved.json()["disc"] is None and saved.json()["read"] == 1
+    line = json.loads((imported / "annotations.jsonl").read_text().splitlines()[1])
+    assert line == {"image_id": "noise", "file": "images/noise.png", "split": "train",
+                    "annotations": [{"annotator": "r01", "findings": {}}]}

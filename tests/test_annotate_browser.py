@@ -1,9 +1,13 @@
 """The annotation tool in a real browser: Debian's chromium, headless, driven by Playwright.
 
-A grader places disc and fovea on a right eye, marks a macular hole in two regions,
-places them on a left eye with one drag, marks it normal, reloads, and lands on the
-first photograph not read; the file then holds exactly that and the reader takes it.
-Where the pointer is, the page must name the region fundax.regions gives that cell.
+A grader confirms the disc and fovea fundax.landmarks suggests on a right eye and
+marks a macular hole in two regions, places them on a left eye with one drag, marks it
+normal, reloads, and lands on the first photograph not read; marks that one normal
+without confirming the suggestion, and on an imported line (an image-level label, no
+centres, extra keys) confirms the centres and marks the label's region; on a photograph
+without a fundus the locator is unsure, nothing is placed and the page will not save it
+without centres. The file then holds exactly that, the imported line's keys kept. Where the pointer is, the page must
+name the region fundax.regions gives that cell.
 
 Set FUNDAX_ANNOTATE_SCREENSHOT=docs/annotate.png to write the README's picture.
 """
@@ -20,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fundax import regions
+from fundax import landmarks, regions
 from fundax.annotate import app as app_lib
 from fundax.annotate import cli
 from fundax.data import annotations, synthetic
@@ -38,11 +42,11 @@ pytestmark = [
 
 
 def _eyes(manual: pathlib.Path) -> list[synthetic.SyntheticEye]:
-    """A right eye, a left eye and one more, written as images/1.png, 2.png, 3.png."""
+    """A right eye, a left eye and two more, written as images/1.png … 4.png."""
     # The README's picture wants a sharper photograph than the test needs.
     height_px = 560 if os.environ.get("FUNDAX_ANNOTATE_SCREENSHOT") else 200
     config = synthetic.SyntheticConfig(num_train=40, num_test=0, height_px=height_px, seed=3)
-    wanted, eyes = ["right", "left", "right"], []
+    wanted, eyes = ["right", "left", "right", "left"], []
     for index in range(config.num_train):
         eye = synthetic.synthesize_eye(config, "train", index)
         if eye.eye == wanted[len(eyes)]:
@@ -53,14 +57,24 @@ def _eyes(manual: pathlib.Path) -> list[synthetic.SyntheticEye]:
     raise AssertionError("the synthetic set holds too few eyes of each side")
 
 
+IMPORTED = {"image_id": "4", "file": "images/4.png", "split": "train", "assessed": ["drusen", "macular_hole"],
+            "annotations": [{"annotator": "r01", "findings": {"drusen": None, "macular_hole": None}, "row": 4}],
+            "lesion_masks": {"drusen": "masks/4.png"}, "camera": "x"}
+
+
 @pytest.fixture
 def served(tmp_path):
-    """The tool serving a fresh manual directory on a free loopback port: (url, manual dir, eyes)."""
+    """The tool serving a manual directory on a free loopback port: (url, manual dir, eyes).
+
+    Only 4.png has a line: an import's, r01's image-level label, no centres. 5.png is black.
+    """
     import uvicorn
 
     manual = tmp_path / "manual"
     (manual / "images").mkdir(parents=True)
     eyes = _eyes(manual)
+    cv2.imwrite(str(manual / "images" / "5.png"), np.zeros((200, 260, 3), np.uint8))
+    (manual / "annotations.jsonl").write_text(json.dumps(IMPORTED) + "\n")
     session, _ = cli.open_session(str(manual / "images"), str(manual / "annotations.jsonl"), "r01")
     sock = cli.listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app_lib.create_app(session), log_config=None, log_level="warning"))
@@ -135,27 +149,48 @@ def _check_regions_under_the_pointer(page, canvas: Canvas) -> None:
 
 
 def _place(page, canvas: Canvas, disc, fovea) -> None:
-    playwright_api.expect(page.locator("#view")).to_have_attribute("data-ready", "place")
+    """Place both centres anew (D, F), over the suggested ones."""
+    page.keyboard.press("d")
     canvas.click(disc)
+    page.keyboard.press("f")
     canvas.click(fovea)
+    playwright_api.expect(page.locator("#view")).to_have_attribute("data-centres", "placed")
     playwright_api.expect(page.locator("#view")).to_have_attribute("data-ready", "regions")
 
 
-def test_annotate_two_photographs_reload_and_resume(served, page):
-    url, manual, (right, left, _) = served
+def _suggested(page, eye: synthetic.SyntheticEye) -> landmarks.Landmarks:
+    """Checks that the page shows the locator's disc and fovea as suggested, not placed; what it found."""
+    found = landmarks.locate(eye.image)
+    expect = playwright_api.expect
+    expect(page.locator("#view")).to_have_attribute("data-centres", "suggested")
+    expect(page.locator("#suggestion")).to_contain_text(
+        f"disc {found.disc_confidence:.2f}, fovea {found.fovea_confidence:.2f}) — confirm (C) or drag them")
+    expect(page.locator("#confirm")).to_be_enabled()
+    assert _centres(page) == [list(found.disc), list(found.fovea)]
+    return found
+
+
+def test_annotate_photographs_reload_resume_suggested_and_imported(served, page):
+    url, manual, (right, left, third, imported) = served
     expect = playwright_api.expect
     page.goto(url)
-    expect(page.locator("#progress")).to_have_text("Image 1 of 3 · 0 read")
+    expect(page.locator("#progress")).to_have_text("Image 1 of 5 · 1 read")
 
-    # A right eye: place the centres, check the regions, mark a macular hole in two regions.
+    # A right eye: the suggested centres, confirmed; check the regions, mark a macular hole in two regions.
     canvas = Canvas(page, right)
-    _place(page, canvas, right.disc_xy, right.fovea_xy)
+    found = _suggested(page, right)
+    page.keyboard.press("6")
+    canvas.click(right.fovea_xy + 0.5 * np.subtract(right.fovea_xy, right.disc_xy))
+    expect(page.locator("#message")).to_contain_text("Confirm the suggested disc and fovea first")
+    expect(page.locator('#findings button[data-finding="macular_hole"] .where')).to_have_text("")
+    page.keyboard.press("c")
+    expect(page.locator("#view")).to_have_attribute("data-centres", "placed")
+    expect(page.locator("#view")).to_have_attribute("data-ready", "regions")
     expect(page.locator("#photo-info")).to_contain_text("right eye")
     _check_regions_under_the_pointer(page, canvas)
     disc, fovea = np.array(_centres(page)[0]), np.array(_centres(page)[1])
     along = (fovea - disc) / np.linalg.norm(fovea - disc)
     clicks = [fovea + 0.25 * np.linalg.norm(fovea - disc) * along, fovea + 1.0 * (fovea - disc)]
-    page.keyboard.press("6")
     expect(page.locator('#findings button[data-finding="macular_hole"]')).to_have_attribute("aria-pressed", "true")
     for xy in clicks:
         canvas.click(xy)
@@ -168,10 +203,12 @@ def test_annotate_two_photographs_reload_and_resume(served, page):
         page.mouse.move(*canvas.at(clicks[1]))
         page.screenshot(path=os.environ["FUNDAX_ANNOTATE_SCREENSHOT"])
     page.keyboard.press("Enter")
-    expect(page.locator("#progress")).to_have_text("Image 2 of 3 · 1 read")
+    expect(page.locator("#progress")).to_have_text("Image 2 of 5 · 2 read")
 
-    # A left eye: the fovea placed off, dragged home (the overlay follows), then "normal".
+    # A left eye: the centres placed over the suggestion, the fovea off, dragged home (the overlay follows),
+    # then "normal".
     canvas = Canvas(page, left)
+    _suggested(page, left)
     off = (left.fovea_xy[0], left.fovea_xy[1] + 25.0)
     _place(page, canvas, left.disc_xy, off)
     expect(page.locator("#photo-info")).to_contain_text("left eye")
@@ -184,21 +221,56 @@ def test_annotate_two_photographs_reload_and_resume(served, page):
     assert np.allclose(dropped, left.fovea_xy, atol=1.0)
     _check_regions_under_the_pointer(page, canvas)
     page.keyboard.press("n")
-    expect(page.locator("#progress")).to_have_text("Image 3 of 3 · 2 read")
+    expect(page.locator("#progress")).to_have_text("Image 3 of 5 · 3 read")
 
-    # The grader comes back: the first photograph not read.
+    # The grader comes back: the first photograph not read. Normal, the suggestion not confirmed.
     page.reload()
-    expect(page.locator("#progress")).to_have_text("Image 3 of 3 · 2 read")
-    expect(page.locator("#view")).to_have_attribute("data-ready", "place")
+    expect(page.locator("#progress")).to_have_text("Image 3 of 5 · 3 read")
+    _suggested(page, third)
+    page.keyboard.press("n")
+    expect(page.locator("#message")).to_contain_text("Saved images/3.png as normal, without the suggested (not confirmed) disc and fovea")
+
+    # The imported line: its image-level labels shown as such; the centres confirmed, one label marked.
+    expect(page.locator("#progress")).to_have_text("Image 4 of 5 · 4 read")
+    canvas = Canvas(page, imported)
+    found_imported = _suggested(page, imported)
+    where = page.locator('#findings button[data-finding="macular_hole"] .where')
+    expect(where).to_have_text("present, regions not marked")
+    expect(page.locator('#findings button[data-finding="drusen"] .where')).to_have_text("present, regions not marked")
+    page.keyboard.press("c")
+    page.keyboard.press("6")
+    expect(page.locator("#view")).to_have_attribute("data-ready", "regions")
+    canvas.click(imported.fovea_xy)
+    expect(where).to_have_text("macula")
+    canvas.click(imported.fovea_xy)  # its last region unmarked: image-level again
+    expect(where).to_have_text("present, regions not marked")
+    canvas.click(imported.fovea_xy)
+    expect(where).to_have_text("macula")
+    page.keyboard.press("4")
+    page.keyboard.press("Delete")  # the drusen label dropped from the reading
+    expect(page.locator('#findings button[data-finding="drusen"] .where')).to_have_text("")
+    page.keyboard.press("Enter")
+    expect(page.locator("#progress")).to_have_text("Image 5 of 5 · 4 read")
+
+    # No fundus: the locator is unsure, so nothing is placed, and the page keeps it unsaved without centres.
+    expect(page.locator("#suggestion")).to_contain_text("The locator is unsure here (no field of view")
+    expect(page.locator("#view")).to_have_attribute("data-centres", "none")
+    page.keyboard.press("n")
+    expect(page.locator("#message")).to_contain_text("Place the disc and the fovea first (D, F): the locator cannot")
     assert page.problems == []
 
-    result = annotations.read_annotations(manual / "annotations.jsonl")
-    assert result.rejections == []
     lines = [json.loads(line) for line in (manual / "annotations.jsonl").read_text().splitlines()]
     assert [(line["file"], line["annotations"]) for line in lines] == [
+        ("images/4.png", [{**IMPORTED["annotations"][0], "findings": {"macular_hole": ["macula"]}}]),
         ("images/1.png", [{"annotator": "r01", "findings": {"macular_hole": ["macula", "temporal"]}}]),
-        ("images/2.png", [{"annotator": "r01", "findings": {}}])]
-    cell = right.image.shape[1] / canvas.grid_w  # a click is good to one canvas cell
-    assert np.allclose(lines[0]["disc"], right.disc_xy, atol=cell)
-    assert np.allclose(lines[0]["fovea"], right.fovea_xy, atol=cell)
-    assert lines[1]["fovea"] == dropped and np.allclose(lines[1]["disc"], left.disc_xy, atol=cell)
+        ("images/2.png", [{"annotator": "r01", "findings": {}}]),
+        ("images/3.png", [{"annotator": "r01", "findings": {}}])]
+    assert lines[0] == {**IMPORTED, "annotations": lines[0]["annotations"], "disc": list(found_imported.disc),
+                        "fovea": list(found_imported.fovea)}
+    assert (lines[1]["disc"], lines[1]["fovea"]) == (list(found.disc), list(found.fovea))  # confirmed as suggested
+    cell = left.image.shape[1] / canvas.grid_w  # a click is good to one canvas cell
+    assert lines[2]["fovea"] == dropped and np.allclose(lines[2]["disc"], left.disc_xy, atol=cell)
+    assert "disc" not in lines[3] and "fovea" not in lines[3]  # suggested, never confirmed: not written
+    result = annotations.read_annotations(manual / "annotations.jsonl")
+    assert [r.line_number for r in result.rejections] == [4]  # prepare --locate_missing places its centres
+    assert "prepare --locate_missing" in result.rejections[0].reason

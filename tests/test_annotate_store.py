@@ -378,3 +378,66 @@ def test_no_fundax_module_imports_fcntl_so_the_tool_starts_on_windows():
             if any(name == "fcntl" or (name or "").startswith("fcntl.") for name in names):
                 importers.append(str(path.relative_to(root)))
     assert importers == []
+
+
+# An imported line (as fundax.ingest writes them): no centres, an image-level label, the findings its
+# labels assess, a lesion mask and extra keys, at the top and in the importer's entry.
+IMPORTED = {
+    "image_id": "rfmid-17", "file": "images/rfmid-17.png", "split": "train",
+    "assessed": ["hemorrhage", "drusen", "macular_hole"],
+    "annotations": [{"annotator": "rfmid", "findings": {"drusen": ["macula"], "macular_hole": None}, "row": 17}],
+    "lesion_masks": {"drusen": "masks/rfmid-17-drusen.png"}, "eye": "left",
+}
+
+
+def _located(path: pathlib.Path) -> dict[str, annotations.Record]:
+    """The records of the file as ``prepare --locate_missing`` reads it (the locator here a stand-in)."""
+    result = annotations.read_annotations(path, locate_missing=lambda photo: ((1.0, 2.0), (30.0, 2.0), {}))
+    assert result.rejections == [], [r.reason for r in result.rejections]
+    return {r.image_id: r for r in result.records}
+
+
+@pytest.mark.parametrize("unplaced", [{}, {"disc": None, "fovea": None}])
+def test_a_line_the_tool_did_not_write_survives_a_save_without_centres_byte_for_byte(tmp_path, unplaced):
+    path = tmp_path / "annotations.jsonl"
+    line = {**IMPORTED, **unplaced}
+    path.write_text(json.dumps(line, ensure_ascii=False) + "\n")
+    s = store.AnnotationStore(path)
+    assert s.snapshot().centres("rfmid-17") is None
+    mine = s.snapshot().entry("rfmid-17", "rfmid")["findings"]
+    assert mine == {"drusen": ["macula"], "macular_hole": None}
+    # The importer's own id saving its reading as loaded, centres not placed (a suggestion not confirmed).
+    _save(s, "rfmid-17", "rfmid", mine, seen=None, file=line["file"], disc=None, fovea=None)
+    assert path.read_text() == json.dumps(line, ensure_ascii=False) + "\n"
+    assert _located(path)["rfmid-17"].graders[0].findings["macular_hole"] == ()
+
+
+def test_a_line_the_tool_did_not_write_keeps_every_key_when_centres_and_regions_are_added(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_text(json.dumps(IMPORTED) + "\n")
+    s = store.AnnotationStore(path)
+    # The image-level label marked in regions, with centres the grader confirmed.
+    marked = {"drusen": ["macula"], "macular_hole": ["macula", "temporal"]}
+    _save(s, "rfmid-17", "rfmid", marked, seen=None, file=IMPORTED["file"])
+    # Another grader, with an image-level label of their own.
+    _save(s, "rfmid-17", "r01", {"hemorrhage": None}, file=IMPORTED["file"])
+    line = json.loads(path.read_text())
+    assert line == {**IMPORTED, "disc": list(DISC), "fovea": list(FOVEA), "annotations": [
+        {**IMPORTED["annotations"][0], "findings": marked}, {"annotator": "r01", "findings": {"hemorrhage": None}}]}
+    assert list(line) == [*IMPORTED, "disc", "fovea"]
+    assert list(line["annotations"][0]) == ["annotator", "findings", "row"]
+    record = _accepted(path)["rfmid-17"]  # the plain reader too, now that it has centres
+    assert record.lesion_masks == IMPORTED["lesion_masks"] and record.extra["assessed"] == IMPORTED["assessed"]
+
+
+def test_a_new_line_without_centres_has_none_and_half_the_centres_are_refused(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    s = store.AnnotationStore(path)
+    with pytest.raises(store.StoreError, match="give both or neither"):
+        _save(s, "a", "r01", seen=None, fovea=None)
+    assert not path.exists()
+    line = _save(s, "a", "r01", {"drusen": None}, seen=None, disc=None, fovea=None)
+    assert "disc" not in line and "fovea" not in line
+    rejection = annotations.read_annotations(path).rejections[0]  # the plain reader wants centres ...
+    assert "prepare --locate_missing finds disc and fovea" in rejection.reason
+    assert _located(path)["a"].graders[0].findings == {"drusen": ()}  # ... --locate_missing places them

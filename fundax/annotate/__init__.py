@@ -9,6 +9,7 @@ image's line of ``annotations.jsonl`` (``docs/DATA_FORMAT.md``), which
 
 * :mod:`fundax.annotate.store` — locked, atomic merges into the annotations file.
 * :mod:`fundax.annotate.catalogue` — which photographs a session shows, their ids.
-* :mod:`fundax.annotate.photos` — the photographs as the browser gets them: checked, decoded, cached.
+* :mod:`fundax.annotate.photos` — the photographs as the browser gets them: checked, decoded, cached;
+  and the disc and fovea :mod:`fundax.landmarks` suggests for a line without them.
 * :mod:`fundax.annotate.app` — the web app; :mod:`fundax.annotate.cli` — the command line.
 """

@@ -6,6 +6,12 @@ for the region map of its canvas grid, computed by :func:`fundax.regions.region_
 click toggles the region of the cell under the pointer. So the overlay and the
 regions saved are the ones training will use.
 
+A photograph whose line has no disc and fovea gets them suggested: on the page's
+request the server runs :func:`fundax.landmarks.locate` on it (once per photograph,
+cached; the page shows the photograph meanwhile). They are the line's only once the
+grader confirms or moves them; a save sends no centres until then, and the line
+keeps none (``prepare --locate_missing`` places them).
+
 Safety: only the session's photographs are served, decoded and re-encoded, so
 nothing but image pixels leaves the images folder, and what the browser is told
 names them relative to it. Every request to ``/api/``, and every one other than
@@ -86,7 +92,9 @@ class Session:
     store: store.AnnotationStore
     token: str
     split: str = "train"  # of lines the tool creates
-    jpegs: photos.JpegCache = dataclasses.field(default_factory=photos.JpegCache)
+    jpegs: photos.PhotoCache = dataclasses.field(default_factory=photos.PhotoCache)
+    suggestions: photos.PhotoCache = dataclasses.field(default_factory=lambda: photos.PhotoCache(
+        photos.SUGGESTION_ENTRIES, encode=photos.suggestion_json))
 
     @functools.cached_property
     def by_rel(self) -> dict[str, catalogue.Photo]:
@@ -248,13 +256,27 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return obj
 
 
+def suggestion(session: Session, request: Request) -> Response:
+    """The disc and fovea :mod:`fundax.landmarks` suggests for the photograph (:func:`photos.suggestion_json`)."""
+    photo = _photo(session, request)
+    _image_size(session, photo)
+    path = catalogue.resolve_photo(session.images_dir, session.by_rel, photo.rel)
+    try:
+        return Response(session.suggestions.get(path), media_type="application/json")
+    except images_lib.ImageError as e:
+        raise BadRequest(session.shown(str(e))) from None
+
+
 def save_reading(session: Session, photo: catalogue.Photo, body: dict[str, Any]) -> dict[str, Any]:
-    """Merge this grader's findings (``{}``: normal) and the centres into the file; the new view."""
+    """Merge this grader's findings ({}: normal) and the centres (null: the line's stay) into the file; the new view."""
     width, height = _image_size(session, photo)
     found = body.get("findings")
     if not isinstance(found, dict):
         raise BadRequest(f"findings must be an object of finding → regions, got {found!r}")
-    disc, fovea = _centres(body.get("disc"), body.get("fovea"), width, height)
+    if body.get("disc") is None and body.get("fovea") is None:
+        disc, fovea = None, None  # the grader has not placed them (a suggestion not confirmed)
+    else:
+        disc, fovea = _centres(body.get("disc"), body.get("fovea"), width, height)
     seen = _centres_seen(body.get("centres_seen"))
     session.store.save(photo.image_id, file=photo.file, split=session.split, disc=disc, fovea=fovea,
                        annotator=session.grader, findings=found, centres_seen=seen)
@@ -370,6 +392,7 @@ def create_app(session: Session, hosts: Collection[str] | None = None) -> Starle
         Route("/api/photos/{index:int}", _route(session, photo_view)),
         Route("/api/photos/{index:int}", _route(session, save), methods=["POST"]),
         Route("/api/photos/{index:int}/regions", _route(session, region_map)),
+        Route("/api/photos/{index:int}/suggestion", _route(session, suggestion)),
         Route("/photos/{rel:path}", _route(session, photo_file)),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]

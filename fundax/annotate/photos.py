@@ -4,11 +4,13 @@ A photograph that ``fundax.prepare`` would refuse from its header alone (format,
 frames, sample depth, more than :data:`fundax.data.images.DEFAULT_MAX_PIXELS`)
 is never decoded: :func:`size` says why, and the page shows it when the
 photograph is opened. The others are decoded as fundax decodes them (EXIF
-orientation not applied) and re-encoded as JPEG. A photograph near the limit
-takes some 150 MB per copy while it is decoded, and a small file can claim that
-many pixels, so the whole process decodes :data:`MAX_DECODES` at a time, whoever
-asks; a :class:`JpegCache` keeps the last few JPEGs, keyed by path, modification
-time and size, so moving back and forth decodes nothing again.
+orientation not applied) and re-encoded as JPEG (:func:`browser_jpeg`), or given
+to :mod:`fundax.landmarks` for the disc and fovea it suggests
+(:func:`suggestion_json`). A photograph near the limit takes some 150 MB per copy
+while it is decoded, and a small file can claim that many pixels, so the whole
+process decodes :data:`MAX_DECODES` at a time, whoever asks; a :class:`PhotoCache`
+keeps the last few results, keyed by path, modification time and size, so moving
+back and forth decodes nothing again.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import collections
 import os
 import pathlib
 import threading
+import json
 from collections.abc import Callable
 
 import cv2
 
+from fundax import landmarks
 from fundax.data import images as images_lib
 
 MAX_DECODES = 1
 CACHE_ENTRIES = 8
 CACHE_BYTES = 128 * 1024 * 1024
+SUGGESTION_ENTRIES = 4096  # some 300 bytes each: a whole session's
 _decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 
@@ -48,41 +53,59 @@ def browser_jpeg(path: pathlib.Path) -> bytes:
     return jpeg.tobytes()
 
 
-class JpegCache:
-    """The last ``entries`` JPEGs made (at most ``max_bytes`` in all), made one at a time in the process."""
+def suggestion_json(path: pathlib.Path) -> bytes:
+    """The disc and fovea :func:`fundax.landmarks.locate` finds in the photograph at ``path``, as JSON.
+
+    ``disc``, ``fovea`` ([x, y] in its pixels), the two confidences, ``flags`` (what is
+    not to be trusted), ``confident`` (no flag: what ``prepare --locate_missing`` would
+    use) and ``locator`` (:data:`fundax.landmarks.LOCATOR_VERSION`). ImageError naming
+    ``path`` if it cannot be decoded.
+    """
+    size(path)
+    rgb = images_lib.load_image(path, images_lib.DEFAULT_MAX_PIXELS, min_side_px=images_lib.MIN_SIDE_PX)
+    found = landmarks.locate(rgb)
+    return json.dumps({
+        "disc": list(found.disc), "fovea": list(found.fovea), "disc_confidence": found.disc_confidence,
+        "fovea_confidence": found.fovea_confidence, "flags": list(found.flags), "confident": found.confident,
+        "locator": landmarks.LOCATOR_VERSION,
+    }).encode()
+
+
+class PhotoCache:
+    """The last ``entries`` results of ``encode`` (at most ``max_bytes`` in all), made one at a time in the process."""
 
     def __init__(self, entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES,
                  encode: Callable[[pathlib.Path], bytes] = browser_jpeg):
         self.entries, self.max_bytes, self._encode = entries, max_bytes, encode
-        self._jpegs: collections.OrderedDict[tuple[str, int, int], bytes] = collections.OrderedDict()
+        self._made: collections.OrderedDict[tuple[str, int, int], bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._jpegs)
+        return len(self._made)
 
     def _cached(self, key: tuple[str, int, int]) -> bytes | None:
         with self._lock:
-            jpeg = self._jpegs.get(key)
-            if jpeg is not None:
-                self._jpegs.move_to_end(key)
-            return jpeg
+            made = self._made.get(key)
+            if made is not None:
+                self._made.move_to_end(key)
+            return made
 
     def get(self, path: pathlib.Path) -> bytes:
-        """The JPEG of the photograph at ``path`` as it is now."""
+        """``encode`` of the photograph at ``path`` as it is now (by default its JPEG)."""
         st = os.stat(path)
         key = (os.fspath(path), st.st_mtime_ns, st.st_size)
-        jpeg = self._cached(key)
-        if jpeg is not None:
-            return jpeg
+        made = self._cached(key)
+        if made is not None:
+            return made
         with _decoding:
             # Whoever waited here for the same photograph finds it made.
-            jpeg = self._cached(key)
-            if jpeg is not None:
-                return jpeg
-            jpeg = self._encode(path)
+            made = self._cached(key)
+            if made is not None:
+                return made
+            made = self._encode(path)
         with self._lock:
-            self._jpegs[key] = jpeg
-            while len(self._jpegs) > 1 and (len(self._jpegs) > self.entries
-                                            or sum(map(len, self._jpegs.values())) > self.max_bytes):
-                self._jpegs.popitem(last=False)
-        return jpeg
+            self._made[key] = made
+            while len(self._made) > 1 and (len(self._made) > self.entries
+                                           or sum(map(len, self._made.values())) > self.max_bytes):
+                self._made.popitem(last=False)
+        return made

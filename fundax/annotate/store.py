@@ -10,9 +10,12 @@ one, never a mix. A file that is a symbolic link is written through to its
 target, locked there, and stays a link.
 
 Every other line, valid or not, is kept byte for byte. In the changed line the
-other graders' entries and any extra keys keep their values and key order (JSON
-whitespace may change). A line is only written if the dataset reader
-(:func:`fundax.data.annotations.parse_line`) accepts it. The line of an image
+other graders' entries and every other key (``assessed``, ``lesion_masks``, extra
+keys; absent or ``null`` centres, unless the grader placed them) keep their values
+and key order (JSON whitespace may change); so do image-level labels (a finding's
+regions ``null``) the grader left as they were. A line is only written if the
+dataset reader (:func:`fundax.data.annotations.parse_line`) accepts it, a line
+without centres as ``prepare --locate_missing`` reads it. The line of an image
 is the one the reader keeps: the first line with its id that the reader accepts,
 else (a placeholder, say, with centres and no reading yet) the first with its id.
 """
@@ -104,10 +107,20 @@ def _loads(raw: bytes, first: bool = False) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _unlocated(file: str) -> tuple[Point, Point, dict[str, Any]]:
+    """Stands in for the locator of ``prepare --locate_missing``: the rest of a line without centres is checked."""
+    return (0.0, 0.0), (1.0, 1.0), {}
+
+
+def _parse(text: str) -> annotations_lib.Record:
+    """The record of a line as ``prepare --locate_missing`` reads it (centres may be left out); AnnotationError."""
+    return annotations_lib.parse_line(text, locate=_unlocated)
+
+
 def _accepted(raw: bytes, first: bool, manual_dir: pathlib.Path) -> bool:
     """Whether the dataset reader accepts this line (as a first line with its image id)."""
     try:
-        record = annotations_lib.parse_line(_decode(raw, first))
+        record = _parse(_decode(raw, first))
         annotations_lib.resolve_image_path(manual_dir, record.file)
     except (UnicodeDecodeError, annotations_lib.AnnotationError):
         return False
@@ -133,17 +146,25 @@ def _index(lines: Sequence[bytes], manual_dir: pathlib.Path) -> dict[str, int]:
     return index
 
 
-def canonical_findings(found: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Findings in registry order, each with its regions deduplicated in canonical order.
+Findings = Mapping[str, Sequence[str] | None]
+"""Finding → its region names, or None: an image-level label (present, regions not marked)."""
 
-    Raises StoreError for an unknown finding or region, or a finding without regions.
+
+def canonical_findings(found: Findings) -> dict[str, list[str] | None]:
+    """Findings in registry order, each with its regions deduplicated in canonical order (None kept).
+
+    Raises StoreError for an unknown finding or region, or a finding with an empty list of regions.
     """
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[str] | None] = {}
     for name, names in found.items():
         if name not in findings_lib.FINDINGS:
             raise StoreError(f"unknown finding {name!r}; valid findings are: {', '.join(findings_lib.FINDINGS)}")
+        if names is None:
+            out[name] = None
+            continue
         if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
-            raise StoreError(f"finding {name!r} needs a non-empty list of regions (names), got {names!r}")
+            raise StoreError(f"finding {name!r} needs a non-empty list of regions (names), or null for an"
+                             f" image-level label, got {names!r}")
         try:
             out[name] = list(regions_lib.bits_to_regions(regions_lib.regions_to_bits(names)))
         except regions_lib.RegionError as e:
@@ -157,26 +178,29 @@ def merge_entry(
     image_id: str,
     file: str,
     split: str,
-    disc: Point,
-    fovea: Point,
+    disc: Point | None,
+    fovea: Point | None,
     annotator: str,
-    findings: Mapping[str, Sequence[str]],
+    findings: Findings,
 ) -> dict[str, Any]:
-    """The line of ``image_id`` with ``annotator``'s findings and the given centres; pure.
+    """The line of ``image_id`` with ``annotator``'s findings and the given centres (None: none given); pure.
 
-    A new line gets ``file`` and ``split``; an existing one (whose ``file`` must name
-    the same path, normalised) keeps its own, its other
-    graders' entries, the extra keys of this grader's entry, and every extra key.
+    A new line gets ``file`` and ``split``, and no centres when none are given; an
+    existing one (whose ``file`` must name the same path, normalised) keeps its own,
+    its centres when none are given, its other graders' entries, the extra keys of
+    this grader's entry, and every other key.
     """
     found = canonical_findings(findings)
     if line is None:
-        return {"image_id": image_id, "file": file, "split": split, "disc": list(disc), "fovea": list(fovea),
+        centres = {} if disc is None or fovea is None else {"disc": list(disc), "fovea": list(fovea)}
+        return {"image_id": image_id, "file": file, "split": split, **centres,
                 "annotations": [{"annotator": annotator, "findings": found}]}
     if not isinstance(line.get("file"), str) or posixpath.normpath(line["file"]) != posixpath.normpath(file):
         raise StoreError(f"image id {image_id!r} already names {line.get('file')!r} in the annotations file,"
                          f" not {file!r}")
     merged = dict(line)
-    merged["disc"], merged["fovea"] = list(disc), list(fovea)
+    if disc is not None and fovea is not None:
+        merged["disc"], merged["fovea"] = list(disc), list(fovea)
     readings = list(line.get("annotations") or [])
     for k, entry in enumerate(readings):
         if isinstance(entry, dict) and entry.get("annotator") == annotator:
@@ -246,18 +270,23 @@ class AnnotationStore:
         *,
         file: str,
         split: str,
-        disc: Sequence[float],
-        fovea: Sequence[float],
+        disc: Sequence[float] | None,
+        fovea: Sequence[float] | None,
         annotator: str,
-        findings: Mapping[str, Sequence[str]],
+        findings: Findings,
         centres_seen: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> dict[str, Any]:
         """Merge ``annotator``'s findings for ``image_id`` into the file; the line written.
 
-        ``centres_seen``, the (disc, fovea) the grader was shown (None: none yet), must
-        still be the line's, else CentresChanged: another grader moved them meanwhile.
+        ``disc`` and ``fovea`` are both given (the grader placed them) or both None (the
+        line's stay as they are: none on a new line). ``centres_seen``, the (disc, fovea)
+        the grader was shown (None: none yet), must still be the line's, else
+        CentresChanged: another grader moved them meanwhile.
         """
-        disc_xy, fovea_xy = _point(disc), _point(fovea)
+        if (disc is None) != (fovea is None):
+            raise StoreError("disc and fovea go together: give both or neither")
+        disc_xy = None if disc is None else _point(disc)
+        fovea_xy = None if fovea is None else _point(fovea)
         with self._locked():
             self._remove_stale_temporaries()
             data = self.path.read_bytes() if self.path.exists() else b""
@@ -273,7 +302,7 @@ class AnnotationStore:
                                  annotator=annotator, findings=findings)
             text = _dump(merged)
             try:
-                annotations_lib.parse_line(text)
+                _parse(text)
             except annotations_lib.AnnotationError as e:
                 raise StoreError(f"the line of {image_id!r} would be rejected by the dataset reader: {e}") from None
             new_line = text.encode("utf-8") + b"\n"

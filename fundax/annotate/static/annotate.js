@@ -1,6 +1,9 @@
 // fundax annotate: the page. The server owns the geometry: for the disc and fovea shown it sends
 // the region id of every cell of this canvas (fundax.regions.region_map), so what is drawn and
-// what a click toggles are the regions training will use.
+// what a click toggles are the regions training will use. A photograph whose line has no disc and
+// fovea gets them suggested by fundax.landmarks (asked once it shows): drawn dashed until the grader
+// confirms them (C) or moves them, and not sent with a save before; a suggestion the locator is
+// unsure of is not placed at all.
 "use strict";
 
 (() => {
@@ -17,10 +20,12 @@
     index: 0,
     view: null,          // /api/photos/i: the photograph and what the file holds for it
     bitmap: null,
-    disc: null,          // [x, y] in pixels of the photograph, 0.1 px
+    disc: null,          // [x, y] in pixels of the photograph, 0.1 px (a suggestion's as the locator gave it)
     fovea: null,
+    suggested: new Set(),// "disc", "fovea": shown as fundax.landmarks suggested them, not confirmed yet
+    suggestion: null,    // /api/photos/i/suggestion, or {error}, for a line without centres
     seen: null,          // [disc, fovea] as the file had them when loaded, for the save's conflict check
-    findings: new Map(), // finding name -> Set of region ids (this grader's working copy)
+    findings: new Map(), // finding name -> Set of region ids, or null: image-level (this grader's working copy)
     active: null,        // the finding being marked
     dirty: false,
     map: null,           // {width, height, disc, fovea, ids: Uint8Array, labels}
@@ -135,23 +140,30 @@
     octx.putImageData(image, 0, 0);
   }
 
-  function marker(xy, colour, label) {
+  // A placed centre: a ring with a cross. A suggested one: a larger dashed ring, hollow, "?" after its name.
+  function marker(xy, colour, label, suggested) {
     const [x, y] = toCanvas(xy);
+    const r = suggested ? 10 : 7;
+    ctx.setLineDash(suggested ? [4, 3] : []);
     ctx.lineWidth = 2.5;
     ctx.strokeStyle = "#000";
-    ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.stroke();
+    ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.stroke();
     ctx.strokeStyle = colour;
     ctx.lineWidth = 2;
-    ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.stroke();
-    ctx.beginPath(); ctx.moveTo(x - 3, y); ctx.lineTo(x + 3, y); ctx.moveTo(x, y - 3); ctx.lineTo(x, y + 3); ctx.stroke();
-    ctx.font = "bold 12px system-ui, sans-serif";
+    ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.stroke();
+    ctx.setLineDash([]);
+    if (!suggested) {
+      ctx.beginPath(); ctx.moveTo(x - 3, y); ctx.lineTo(x + 3, y); ctx.moveTo(x, y - 3); ctx.lineTo(x, y + 3); ctx.stroke();
+    }
+    ctx.font = `${suggested ? "italic " : ""}bold 12px system-ui, sans-serif`;
     ctx.fillStyle = colour;
-    ctx.fillText(label, x + 10, y - 8);
+    ctx.fillText(suggested ? `${label}?` : label, x + r + 3, y - r - 1);
   }
 
   function draw() {
     if (!st.bitmap) return;
     canvas.dataset.ready = mapIsCurrent() ? "regions" : st.disc && st.fovea ? "drawing" : "place";
+    canvas.dataset.centres = st.suggested.size ? "suggested" : st.disc && st.fovea ? "placed" : "none";
     ctx.drawImage(st.bitmap, 0, 0, canvas.width, canvas.height);
     if (st.showRegions && st.map && st.map.width === canvas.width && st.map.height === canvas.height) {
       ctx.drawImage(overlay, 0, 0);
@@ -173,12 +185,29 @@
       ctx.textAlign = "start";
       ctx.textBaseline = "alphabetic";
     }
-    if (st.disc) marker(st.disc, "#ffe14d", "disc");
-    if (st.fovea) marker(st.fovea, "#4de1ff", "fovea");
+    if (st.disc) marker(st.disc, "#ffe14d", "disc", st.suggested.has("disc"));
+    if (st.fovea) marker(st.fovea, "#4de1ff", "fovea", st.suggested.has("fovea"));
   }
 
   function regionNames(set) {
     return [...set].sort((a, b) => a - b).map((k) => st.info.regions[k]);
+  }
+
+  // What the locator said of a photograph without centres, and what the grader is to do about it.
+  function suggestionNote() {
+    const s = st.suggestion;
+    if (!s) return ["", ""];
+    if (s.error) return [`No suggested disc and fovea (${s.error}): place them (D, F).`, "unsure"];
+    const confidences = `disc ${s.disc_confidence.toFixed(2)}, fovea ${s.fovea_confidence.toFixed(2)}`;
+    if (!s.confident) {
+      return [`The locator is unsure here (${s.flags.join(", ")}; ${confidences}), so nothing is placed:` +
+              " place the disc and fovea yourself (D, F).", "unsure"];
+    }
+    if (st.suggested.size) {
+      return [`Suggested by the locator (${confidences}) — confirm (C) or drag them. Until then they are not` +
+              " saved, and regions cannot be marked.", "suggested"];
+    }
+    return [`Centres confirmed (the locator suggested them: ${confidences}).`, "confirmed"];
   }
 
   function renderPanel() {
@@ -192,9 +221,15 @@
       const button = $("findings").children[i].firstChild;
       const set = st.findings.get(f.name);
       button.setAttribute("aria-pressed", String(st.active === f.name));
-      button.classList.toggle("marked", Boolean(set));
-      button.querySelector(".where").textContent = set ? regionNames(set).join(", ") : "";
+      button.classList.toggle("marked", st.findings.has(f.name));
+      button.classList.toggle("image-level", set === null);
+      const where = set === null ? "present, regions not marked" : set ? regionNames(set).join(", ") : "";
+      button.querySelector(".where").textContent = where;
     });
+    const [note, kind] = suggestionNote();
+    $("suggestion").textContent = note;
+    $("suggestion").className = kind;
+    $("confirm").disabled = !st.suggested.size;
     const chosen = st.active ? st.findings.get(st.active) || new Set() : new Set();
     $("regions-of").textContent = st.active ? `of ${st.info.findings.find((f) => f.name === st.active).display_name}` : "";
     [...$("regions").children].forEach((button, k) => {
@@ -235,13 +270,58 @@
     refresh();
   }
 
+  // An image-level label (present, regions not marked) becomes marked regions with its first region,
+  // and is one again when its last region is unmarked.
   function toggleRegion(k) {
     if (!st.active) { say("Pick a finding first (keys 1–8), then click its regions."); return; }
-    const set = st.findings.get(st.active) || new Set();
+    if (st.suggested.size) {
+      say("Confirm the suggested disc and fovea first (C), or drag them: the regions come from them.");
+      return;
+    }
+    const set = new Set(st.findings.get(st.active) || []);
     if (set.has(k)) set.delete(k); else set.add(k);
-    if (set.size) st.findings.set(st.active, set); else st.findings.delete(st.active);
+    const imageLevel = st.view.findings !== null && st.view.findings[st.active] === null;
+    if (set.size) st.findings.set(st.active, set);
+    else if (imageLevel) st.findings.set(st.active, null);
+    else st.findings.delete(st.active);
     st.dirty = true;
     say("");
+    refresh();
+  }
+
+  // Delete: the finding picked is not in this reading at all (its regions, or its image-level label).
+  function dropFinding() {
+    if (!(st.active && st.findings.has(st.active))) { say("Pick a finding this reading has first (keys 1–8)."); return; }
+    st.findings.delete(st.active);
+    st.dirty = true;
+    say("");
+    refresh();
+  }
+
+  function confirmCentres() {
+    if (!st.suggested.size) { say("There is no suggested disc or fovea to confirm."); return; }
+    st.suggested.clear();
+    st.dirty = true;
+    say("Disc and fovea confirmed: they are saved with this photograph's reading.", true);
+    refresh();
+  }
+
+  // The locator's disc and fovea for a line without centres; placed (as suggested) only when it is sure
+  // and the grader has placed neither meanwhile.
+  async function requestSuggestion(index) {
+    let s;
+    try {
+      s = await api(`/api/photos/${index}/suggestion`);
+    } catch (error) {
+      s = {error: error.message};
+    }
+    if (index !== st.index) return;
+    st.suggestion = s;
+    if (s.confident && !st.disc && !st.fovea) {
+      Object.assign(st, {disc: s.disc, fovea: s.fovea, suggested: new Set(["disc", "fovea"]), placing: null});
+      say("");
+      requestMap();
+    }
     refresh();
   }
 
@@ -250,6 +330,7 @@
     const other = which === "disc" ? st.fovea : st.disc;
     if (same(xy, other)) { say("The disc and the fovea must be apart."); return; }
     st[which] = xy;
+    st.suggested.delete(which);
     st.dirty = true;
     st.placing = !st.disc ? "disc" : !st.fovea ? "fovea" : null;
     promptPlacing();
@@ -261,22 +342,41 @@
     if (st.placing) say(`Click the centre of the ${st.placing === "disc" ? "optic disc" : "fovea"}.`, true);
   }
 
+  // Centres only suggested, or not both placed, are not sent: the line keeps its own (none).
   function payload(findings) {
     const out = {};
-    for (const [name, set] of findings) out[name] = regionNames(set);
-    return {findings: out, disc: st.disc, fovea: st.fovea, centres_seen: st.seen};
+    for (const [name, set] of findings) out[name] = set === null ? null : regionNames(set);
+    const placed = st.disc && st.fovea && !st.suggested.size;
+    return {findings: out, disc: placed ? st.disc : null, fovea: placed ? st.fovea : null, centres_seen: st.seen};
   }
 
   // Unsaved work is saved on leaving; an untouched or never-marked photograph stays unread.
   const needsSave = () => st.dirty && (st.findings.size > 0 || st.view.findings !== null);
 
+  // Why this reading cannot be saved without the centres the grader has (not) placed, or "": a line is
+  // written without centres only where the locator is sure of them, so prepare --locate_missing places them.
+  function unplacedProblem() {
+    if (st.disc && st.fovea && !st.suggested.size) return "";
+    if (st.suggested.size === 1) {
+      const [left] = st.suggested;
+      return `Confirm the suggested ${left} too (C), or drag it: the centre you placed is saved only with it.`;
+    }
+    if (st.suggestion && st.suggestion.confident) return "";
+    if (!st.suggestion) return "The locator is still looking for the disc and fovea: wait a moment, or place them (D, F).";
+    return "Place the disc and the fovea first (D, F): the locator cannot place them here, so preparing would reject the line.";
+  }
+
+  // What became of centres not placed, to be said, since preparing needs them ("" when they were written).
   async function save(findings) {
-    if (!(st.disc && st.fovea)) throw new Error("Place the disc and the fovea first: the file needs them.");
+    const problem = st.view.disc ? "" : unplacedProblem();
+    if (problem) throw new Error(problem);
     const view = await api(`/api/photos/${st.index}`, {method: "POST", body: JSON.stringify(payload(findings))});
     st.view = view;
-    st.seen = [view.disc, view.fovea];
+    st.seen = view.disc ? [view.disc, view.fovea] : null;
     st.dirty = false;
     st.unsaved.delete(st.index);
+    if (view.disc) return "";
+    return ", without the suggested (not confirmed) disc and fovea: prepare --locate_missing places them";
   }
 
   async function load(index) {
@@ -290,10 +390,11 @@
     }
     const kept = view.disc ? null : st.unsaved.get(index);
     Object.assign(st, {
-      index, view, bitmap, map: null, active: null, dirty: false, press: null,
+      index, view, bitmap, map: null, active: null, dirty: false, press: null, suggested: new Set(), suggestion: null,
       disc: view.disc || (kept && kept[0]), fovea: view.fovea || (kept && kept[1]),
       seen: view.disc ? [view.disc, view.fovea] : null,
-      findings: new Map(Object.entries(view.findings || {}).map(([f, names]) => [f, new Set(names.map((n) => st.info.regions.indexOf(n)))])),
+      findings: new Map(Object.entries(view.findings || {}).map(([f, names]) =>
+        [f, names === null ? null : new Set(names.map((n) => st.info.regions.indexOf(n)))])),
     });
     if (problem) {
       // An unreadable file cannot be annotated, but must not block the ones after it.
@@ -309,6 +410,7 @@
     promptPlacing();
     refresh();
     requestMap();
+    if (!view.disc && !kept) requestSuggestion(index);
   }
 
   // Leave the photograph (saving what needs it) for another; "normal" saves it with no finding.
@@ -318,13 +420,11 @@
     try {
       let note = "";
       if (normal) {
-        await save(new Map());
-        note = `Saved ${st.view.file} as normal.`;
+        note = `Saved ${st.view.file} as normal${await save(new Map())}.`;
       } else if (needsSave()) {
-        await save(st.findings);
-        note = `Saved ${st.view.file}.`;
+        note = `Saved ${st.view.file}${await save(st.findings)}.`;
       } else if (st.view.findings === null) {
-        if (st.disc && !st.view.disc) st.unsaved.set(st.index, [st.disc, st.fovea]);
+        if (st.disc && st.fovea && !st.view.disc && !st.suggested.size) st.unsaved.set(st.index, [st.disc, st.fovea]);
         if (index !== st.index) note = `Left ${st.view.file} unread: mark a finding, or N for normal.`;
       }
       if (index < 0 || index >= st.view.count) {
@@ -374,6 +474,7 @@
       if (same(xy, press.marker === "disc" ? st.fovea : st.disc)) return;
       press.moved = true;
       st[press.marker] = xy;
+      st.suggested.delete(press.marker);  // moved: the grader's now
       st.dirty = true;
       draw();
       requestMap();
@@ -406,6 +507,8 @@
     else if (key === "ArrowLeft") go(st.index - 1);
     else if (key === "d" || key === "D") startPlacing("disc");
     else if (key === "f" || key === "F") startPlacing("fovea");
+    else if (key === "c" || key === "C") confirmCentres();
+    else if (key === "Delete" || key === "Backspace") dropFinding();
     else if (key === "o" || key === "O") { st.showRegions = !st.showRegions; draw(); }
     else if (key === "Escape") { st.active = null; st.placing = st.disc && st.fovea ? null : st.placing; say(""); refresh(); }
     else return;
@@ -423,6 +526,7 @@
   $("normal").addEventListener("click", () => go(st.index + 1, {normal: true}));
   $("place-disc").addEventListener("click", () => startPlacing("disc"));
   $("place-fovea").addEventListener("click", () => startPlacing("fovea"));
+  $("confirm").addEventListener("click", confirmCentres);
   window.addEventListener("resize", () => { if (st.bitmap) { fit(); draw(); requestMap(); } });
   window.addEventListener("beforeunload", (event) => { if (st.view && needsSave()) event.preventDefault(); });
 
