@@ -639,8 +639,9 @@ def imported(tmp_path):
     (root / "images").mkdir(parents=True)
     Image.fromarray(eye.image).save(root / "images" / "eye.png")
     _picture(root / "images" / "noise.png")
-    line = {"image_id": "eye", "file": "images/eye.png", "split": "train", "assessed": ["drusen", "macular_hole"],
-            "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}, "row": 3}],
+    line = {"image_id": "eye", "file": "images/eye.png", "split": "train",
+            "annotations": [{"annotator": "rfmid", "assessed": ["drusen", "macular_hole"],
+                             "findings": {"macular_hole": None}, "row": 3}],
             "lesion_masks": {"drusen": "masks/eye.png"}, "camera": "x"}
     (root / "annotations.jsonl").write_text(json.dumps(line, ensure_ascii=False) + "\n")
     return root

@@ -57,8 +57,9 @@ def _eyes(manual: pathlib.Path) -> list[synthetic.SyntheticEye]:
     raise AssertionError("the synthetic set holds too few eyes of each side")
 
 
-IMPORTED = {"image_id": "4", "file": "images/4.png", "split": "train", "assessed": ["drusen", "macular_hole"],
-            "annotations": [{"annotator": "r01", "findings": {"drusen": None, "macular_hole": None}, "row": 4}],
+IMPORTED = {"image_id": "4", "file": "images/4.png", "split": "train",
+            "annotations": [{"annotator": "r01", "assessed": ["drusen", "macular_hole"],
+                             "findings": {"drusen": None, "macular_hole": None}, "row": 4}],
             "lesion_masks": {"drusen": "masks/4.png"}, "camera": "x"}
 
 

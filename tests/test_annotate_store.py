@@ -14,6 +14,7 @@ import time
 import filelock
 import pytest
 
+from fundax import findings as findings_lib
 from fundax.annotate import store
 from fundax.data import annotations
 
@@ -384,8 +385,8 @@ def test_no_fundax_module_imports_fcntl_so_the_tool_starts_on_windows():
 # labels assess, a lesion mask and extra keys, at the top and in the importer's entry.
 IMPORTED = {
     "image_id": "rfmid-17", "file": "images/rfmid-17.png", "split": "train",
-    "assessed": ["hemorrhage", "drusen", "macular_hole"],
-    "annotations": [{"annotator": "rfmid", "findings": {"drusen": ["macula"], "macular_hole": None}, "row": 17}],
+    "annotations": [{"annotator": "rfmid", "assessed": ["hemorrhage", "drusen", "macular_hole"],
+                     "findings": {"drusen": ["macula"], "macular_hole": None}, "row": 17}],
     "lesion_masks": {"drusen": "masks/rfmid-17-drusen.png"}, "eye": "left",
 }
 
@@ -425,9 +426,22 @@ def test_a_line_the_tool_did_not_write_keeps_every_key_when_centres_and_regions_
     assert line == {**IMPORTED, "disc": list(DISC), "fovea": list(FOVEA), "annotations": [
         {**IMPORTED["annotations"][0], "findings": marked}, {"annotator": "r01", "findings": {"hemorrhage": None}}]}
     assert list(line) == [*IMPORTED, "disc", "fovea"]
-    assert list(line["annotations"][0]) == ["annotator", "findings", "row"]
+    assert list(line["annotations"][0]) == ["annotator", "assessed", "findings", "row"]
     record = _accepted(path)["rfmid-17"]  # the plain reader too, now that it has centres
-    assert record.lesion_masks == IMPORTED["lesion_masks"] and record.extra["assessed"] == IMPORTED["assessed"]
+    assert record.lesion_masks == IMPORTED["lesion_masks"] and record.extra == {"eye": "left"}
+    # The import assessed three findings; r01, a grader of the tool, every one.
+    assert record.graders[0].assessed == ("hemorrhage", "drusen", "macular_hole")
+    assert record.graders[1].assessed == findings_lib.FINDINGS
+
+
+def test_a_finding_the_import_did_not_assess_joins_its_assessed_when_its_grader_lists_it(tmp_path):
+    path = tmp_path / "annotations.jsonl"
+    path.write_text(json.dumps(IMPORTED) + "\n")
+    s = store.AnnotationStore(path)
+    _save(s, "rfmid-17", "rfmid", {"drusen": ["macula"], "membrane": ["macula"]}, seen=None, file=IMPORTED["file"])
+    entry = json.loads(path.read_text())["annotations"][0]
+    assert entry["assessed"] == ["hemorrhage", "drusen", "macular_hole", "membrane"]
+    assert _accepted(path)["rfmid-17"].votes()[findings_lib.finding_index("membrane")] == 1
 
 
 def test_a_new_line_without_centres_has_none_and_half_the_centres_are_refused(tmp_path):

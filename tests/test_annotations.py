@@ -427,39 +427,55 @@ def test_consensus_gives_no_label_to_a_finding_not_assessed():
     np.testing.assert_array_equal(weight, [0, 1, 1, 1])
 
 
-# --- assessed (optional) -----------------------------------------------------------------------
+# --- assessed (optional, per grader) ---------------------------------------------------------------
 
 
-def test_findings_left_out_of_assessed_have_no_votes_at_all():
-    # EXAMPLE: macular hole from two graders, drusen from one; assessed names those two and membrane.
-    record = annotations.parse_line(line(assessed=["membrane", "drusen", "macular_hole"]))
-    assert record.assessed == ("drusen", "macular_hole", "membrane")  # registry order
-    assert "assessed" not in record.extra
+def _assessing(*assessed):
+    """EXAMPLE's three graders (macular hole from r01 and r12, drusen from r01), each with its ``assessed``
+    (None: the key left out)."""
+    entries = copy.deepcopy(EXAMPLE["annotations"])
+    for entry, names in zip(entries, assessed):
+        if names is not None:
+            entry["assessed"] = names
+    return grader_line(*entries)
+
+
+def test_a_finding_no_grader_assessed_has_no_votes_at_all():
+    # r01 assessed drusen and macular hole, r07 membrane too, r12 only macular hole.
+    record = annotations.parse_line(_assessing(["macular_hole", "drusen"], ["membrane", "drusen", "macular_hole"],
+                                               ["macular_hole"]))
+    assert record.graders[1].assessed == ("drusen", "macular_hole", "membrane")  # registry order
+    assert record.assessed == ("drusen", "macular_hole", "membrane")
+    assert all("assessed" not in grader.extra for grader in record.graders)
     expected = [annotations.NOT_ASSESSED] * len(findings_lib.FINDINGS)
     for name, votes in {"drusen": 1, "macular_hole": 2, "membrane": 0}.items():
         expected[findings_lib.finding_index(name)] = votes
     np.testing.assert_array_equal(record.votes(), expected)
     label, weight = annotations.consensus(record.votes())
     assert weight.sum() == 2 and label.sum() == 1  # macular hole present, membrane absent; the rest no label
-    # Without the key every finding is assessed: a finding no grader lists is absent.
+    # One grader without the key assessed every finding: a finding nobody lists is then absent.
+    everyone = annotations.parse_line(_assessing(["macular_hole", "drusen"], None, ["macular_hole"]))
+    assert everyone.assessed == findings_lib.FINDINGS and (everyone.votes() >= 0).all()
     assert annotations.parse_line(GOOD).assessed == findings_lib.FINDINGS
-    assert (annotations.parse_line(GOOD).votes() >= 0).all()
 
 
 @pytest.mark.parametrize("assessed, why", [
-    ("drusen", "must be a list of finding names"),
-    (["drusen", 3], "must be a list of finding names"),
+    ("drusen", "annotations[0].assessed must be a list of finding names"),
+    (["drusen", 3], "annotations[0].assessed must be a list of finding names"),
     (["drusen", "macular_hole", "glaucoma"], "glaucoma"),
     (["drusen", "macular_hole", "drusen"], "'drusen' more than once"),
-    (["drusen"], "annotator 'r01' lists 'macular_hole', which 'assessed' leaves out"),
+    (["drusen"], "annotations[0] (annotator 'r01') lists 'macular_hole', which its 'assessed' leaves out"),
 ])
 def test_a_bad_assessed_is_rejected_naming_what(tmp_path, assessed, why):
-    assert why in rejected(tmp_path, line(assessed=assessed))
+    assert why in rejected(tmp_path, _assessing(assessed))
 
 
-def test_a_mask_of_a_finding_not_assessed_is_rejected(tmp_path):
-    bad = line(assessed=["drusen", "macular_hole"], lesion_masks={"membrane": "m.png"})
-    assert "'lesion_masks' names 'membrane', which 'assessed' leaves out" in rejected(tmp_path, bad)
+def test_a_mask_of_a_finding_no_grader_assessed_is_rejected(tmp_path):
+    bad = json.loads(_assessing(["drusen", "macular_hole"], ["drusen"], ["macular_hole"]))
+    bad["lesion_masks"] = {"membrane": "m.png"}
+    assert "'lesion_masks' names 'membrane', which no grader assessed" in rejected(tmp_path, json.dumps(bad))
+    bad["lesion_masks"] = {"drusen": "m.png"}
+    assert annotations.parse_line(json.dumps(bad)).lesion_masks == {"drusen": "m.png"}
 
 
 # --- lesion masks (optional) ---------------------------------------------------------------------

@@ -150,6 +150,10 @@ def _lines(out):
     return [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
 
 
+IDRID_ASSESSED = ["hemorrhage", "hard_exudate", "cotton_wool_patch"]
+"""The findings IDRiD's masks assess, in registry order; the others are not assessed."""
+
+
 def test_idrid_becomes_one_line_per_photograph(source, tmp_path):
     out = tmp_path / "manual"
     summary = ingest("idrid", source, out)
@@ -160,7 +164,7 @@ def test_idrid_becomes_one_line_per_photograph(source, tmp_path):
     # IDRiD_01's centres were marked on a copy twice its size; the others on photographs of its size.
     assert (first["disc"], first["fovea"]) == ([20.0, 32.0], [60.0, 32.0])
     assert (second["disc"], second["fovea"], test["disc"]) == ([20.0, 32.0], [60.0, 32.0], [20.0, 32.0])
-    assert first["annotations"] == [{"annotator": "idrid", "findings": {
+    assert first["annotations"] == [{"annotator": "idrid", "assessed": IDRID_ASSESSED, "findings": {
         "hemorrhage": ["superonasal", "inferonasal"], "hard_exudate": ["macula"]}}]
     assert second["annotations"][0]["findings"] == {"cotton_wool_patch": ["superotemporal"]}
     assert test["annotations"][0]["findings"] == {"hemorrhage": ["macula"]}  # its hard exudate mask is empty
@@ -179,13 +183,13 @@ def test_idrid_becomes_one_line_per_photograph(source, tmp_path):
     assert "left out: 2 microaneurysm masks" in text and "left out: 1 empty EX masks" in text
     assert "hemorrhage: 2 positive, 1 negative" in text
     # IDRiD's masks assess three findings; the other five are neither present nor absent.
-    assert all(line["assessed"] == ["hemorrhage", "hard_exudate", "cotton_wool_patch"] for line in lines)
+    assert all(line["annotations"][0]["assessed"] == IDRID_ASSESSED for line in lines)
 
 
 def test_a_larger_share_narrows_the_cue_and_the_annotator_is_named(source, tmp_path):
     ingest("idrid", source, tmp_path / "manual", min_lesion_share=0.4, annotator="porwal")
     first = _lines(tmp_path / "manual")[0]
-    assert first["annotations"] == [{"annotator": "porwal", "findings": {
+    assert first["annotations"] == [{"annotator": "porwal", "assessed": IDRID_ASSESSED, "findings": {
         "hemorrhage": ["superonasal"], "hard_exudate": ["macula"]}}]
 
 
@@ -328,14 +332,14 @@ def test_rfmid_becomes_label_only_lines_without_centres(rfmid_source, tmp_path):
     lines = _lines(out)
     assert lines == [
         {"image_id": "rfmid-train-1", "file": "images/rfmid-train-1.png", "split": "train",
-         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {"macular_hole": None}}]},
+         "annotations": [{"annotator": "rfmid", "assessed": RFMID_ASSESSED, "findings": {"macular_hole": None}}]},
         {"image_id": "rfmid-train-2", "file": "images/rfmid-train-2.png", "split": "train",
-         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {
+         "annotations": [{"annotator": "rfmid", "assessed": RFMID_ASSESSED, "findings": {
              "membrane": None, "drusen": None, "cotton_wool_patch": None, "retinal_pigmentary_change": None}}]},
         {"image_id": "rfmid-val-1", "file": "images/rfmid-val-1.png", "split": "train",
-         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {}}]},
+         "annotations": [{"annotator": "rfmid", "assessed": RFMID_ASSESSED, "findings": {}}]},
         {"image_id": "rfmid-test-1", "file": "images/rfmid-test-1.png", "split": "test",
-         "assessed": RFMID_ASSESSED, "annotations": [{"annotator": "rfmid", "findings": {}}]},
+         "annotations": [{"annotator": "rfmid", "assessed": RFMID_ASSESSED, "findings": {}}]},
     ]
     copied = (out / "images/rfmid-val-1.png").read_bytes()
     assert copied == (rfmid_source / "Evaluation_Set/Validation/1.png").read_bytes()

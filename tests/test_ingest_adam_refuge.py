@@ -124,19 +124,20 @@ def test_adam_becomes_one_line_per_row_with_regions_from_its_masks(adam_source, 
     centres = {"disc": [20.0, 32.0], "fovea": [60.0, 32.0]}
     assert _lines(out) == [
         {"image_id": "adam-A0001", "file": "images/adam-A0001.jpg", "split": "train", **centres,
-         "assessed": assessed, "amd": True,
-         "annotations": [{"annotator": "adam", "findings": {"drusen": ["macula"], "hard_exudate": ["superotemporal"]}}],
+         "amd": True,
+         "annotations": [{"annotator": "adam", "assessed": assessed,
+                          "findings": {"drusen": ["macula"], "hard_exudate": ["superotemporal"]}}],
          "lesion_masks": {"drusen": "masks/adam-A0001_drusen.png",
                           "hard_exudate": "masks/adam-A0001_hard_exudate.png"}},
         {"image_id": "adam-A0002", "file": "images/adam-A0002.jpg", "split": "train", **centres,
-         "assessed": assessed, "amd": True,
-         "annotations": [{"annotator": "adam", "findings": {"hemorrhage": ["macula"]}}],
+         "amd": True,
+         "annotations": [{"annotator": "adam", "assessed": assessed, "findings": {"hemorrhage": ["macula"]}}],
          "lesion_masks": {"hemorrhage": "masks/adam-A0002_hemorrhage.png"}},
         {"image_id": "adam-N0001", "file": "images/adam-N0001.jpg", "split": "train", **centres,
-         "assessed": assessed, "amd": False, "annotations": [{"annotator": "adam", "findings": {}}]},
+         "amd": False, "annotations": [{"annotator": "adam", "assessed": assessed, "findings": {}}]},
         {"image_id": "adam-N0002", "file": "images/adam-N0002.jpg", "split": "train",
-         "assessed": assessed, "amd": False,
-         "annotations": [{"annotator": "adam", "findings": {"hemorrhage": None}}],
+         "amd": False,
+         "annotations": [{"annotator": "adam", "assessed": assessed, "findings": {"hemorrhage": None}}],
          "lesion_masks": {"hemorrhage": "masks/adam-N0002_hemorrhage.png"}},
     ]
     written = np.asarray(Image.open(out / "masks/adam-A0001_hard_exudate.png"))
@@ -281,8 +282,8 @@ def test_refuge_lines_carry_centres_and_assess_no_finding(refuge_source, tmp_pat
 
     def line(name, split, fovea, glaucoma):
         return {"image_id": f"refuge-{name}", "file": f"images/refuge-{name}.jpg", "split": split,
-                "disc": [17.5, 25.0], "fovea": fovea, "assessed": [], "glaucoma": glaucoma,
-                "annotations": [{"annotator": "refuge", "findings": {}}]}
+                "disc": [17.5, 25.0], "fovea": fovea, "glaucoma": glaucoma,
+                "annotations": [{"annotator": "refuge", "assessed": [], "findings": {}}]}
 
     assert _lines(out) == [line("g0001", "train", [60.5, 33.25], True), line("n0001", "train", [61.0, 34.0], False),
                            line("V0001", "train", [62.0, 35.0], True), line("T0001", "test", [63.0, 36.0], True),

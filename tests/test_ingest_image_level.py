@@ -39,8 +39,8 @@ def _lines(out):
 
 
 def _line(image_id, file, split, assessed, annotator, findings):
-    return {"image_id": image_id, "file": file, "split": split, "assessed": assessed,
-            "annotations": [{"annotator": annotator, "findings": findings}]}
+    return {"image_id": image_id, "file": file, "split": split,
+            "annotations": [{"annotator": annotator, "assessed": assessed, "findings": findings}]}
 
 
 def _error(format_name, src, tmp_path):
@@ -284,7 +284,8 @@ def test_icdr_grades_0_and_1_say_three_findings_are_absent_and_2_to_4_nothing(tm
         f"photographs of the test set, whose labels are not published ({aptos / 'test_images'})": 2}
     assert "hard_exudate: 0 positive, 2 negative, 1 not assessed" in summary.text(tmp_path / "a")
     summary = ingest("eyepacs", eyepacs, tmp_path / "e")
-    assert [(line["image_id"], line["split"], line["assessed"]) for line in _lines(tmp_path / "e")] == [
+    written = _lines(tmp_path / "e")
+    assert [(line["image_id"], line["split"], line["annotations"][0]["assessed"]) for line in written] == [
         ("eyepacs-train-10_left", "train", ICDR), ("eyepacs-train-10_right", "train", []),
         ("eyepacs-train-13_left", "train", ICDR), ("eyepacs-test-1_left", "test", ICDR),
         ("eyepacs-test-1_right", "test", [])]

@@ -10,8 +10,9 @@ one, never a mix. A file that is a symbolic link is written through to its
 target, locked there, and stays a link.
 
 Every other line, valid or not, is kept byte for byte. In the changed line the
-other graders' entries and every other key (``assessed``, ``lesion_masks``, extra
-keys; absent or ``null`` centres, unless the grader placed them) keep their values
+other graders' entries and every other key (``lesion_masks``, extra keys, a grader
+entry's ``assessed``, which widens to a finding its grader lists; absent or ``null``
+centres, unless the grader placed them) keep their values
 and key order (JSON whitespace may change); so do image-level labels (a finding's
 regions ``null``) the grader left as they were. A line is only written if the
 dataset reader (:func:`fundax.data.annotations.parse_line`) accepts it, a line
@@ -205,6 +206,10 @@ def merge_entry(
     for k, entry in enumerate(readings):
         if isinstance(entry, dict) and entry.get("annotator") == annotator:
             readings[k] = {**entry, "findings": found}
+            if isinstance(entry.get("assessed"), list):
+                # An import's grader who lists a finding its labels did not cover has now assessed it.
+                added = [name for name in findings_lib.FINDINGS if name in found and name not in entry["assessed"]]
+                readings[k]["assessed"] = [*entry["assessed"], *added]
             break
     else:
         readings.append({"annotator": annotator, "findings": found})

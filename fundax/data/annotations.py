@@ -23,10 +23,11 @@ Choices the format leaves open:
   symlinks are resolved, and end in .jpg, .jpeg, .png, .tif or .tiff.
   Whether it exists and decodes is checked later (:mod:`fundax.data.images`),
   as are coordinates beyond the image's width and height.
-* The optional ``assessed`` (a list of finding names, each once) says which findings the
-  line's graders assessed; a finding left out is *not assessed* there: neither present nor
-  absent, its votes :data:`NOT_ASSESSED`, and no grader may list it nor a mask name it.
-  Without the key every finding is assessed, as the format always meant.
+* A grader entry's optional ``assessed`` (a list of finding names, each once) says which
+  findings that grader assessed (an import of a dataset that labels a few); the grader may
+  list no other. Without it the grader assessed every finding, as the format always meant.
+  A finding no grader of the line assessed is *not assessed* there: neither present nor
+  absent, its votes :data:`NOT_ASSESSED`, and no ``lesion_masks`` entry may name it.
 * The optional ``lesion_masks`` (finding → a mask image's path, where lesion
   pixels are known, e.g. from a segmentation) is checked like ``file``; whether
   each mask decodes and matches the photograph's size is checked later too.
@@ -53,7 +54,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("image_id", "file", "split", "disc", "fovea", 
 LESION_MASKS_KEY = "lesion_masks"
 """Optional: finding → path of a mask of its lesion pixels (DATA_FORMAT.md)."""
 ASSESSED_KEY = "assessed"
-"""Optional: the findings the line's graders assessed; the others are not assessed (DATA_FORMAT.md)."""
+"""Optional in a grader entry: the findings that grader assessed (DATA_FORMAT.md)."""
 NOT_ASSESSED = -1
 """The votes of a finding the line does not assess: no label either way (:func:`consensus`)."""
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -75,6 +76,8 @@ class GraderRead:
     """Finding → region names (deduplicated, canonical order); findings in registry order. An empty
     tuple: the grader gave the finding as an image-level label (``null`` on disk), no regions."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    assessed: tuple[str, ...] = findings_lib.FINDINGS
+    """The findings this grader assessed, registry order: every one unless the entry says otherwise."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +95,15 @@ class Record:
     extra: Mapping[str, Any]
     lesion_masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Finding → path (relative to the manual directory) of its lesion mask; registry order."""
-    assessed: tuple[str, ...] = findings_lib.FINDINGS
-    """The findings the graders assessed, registry order; every finding unless the line says otherwise."""
+
+    @property
+    def assessed(self) -> tuple[str, ...]:
+        """The findings at least one grader assessed, registry order; the others have no label here."""
+        return tuple(name for name in findings_lib.FINDINGS if any(name in g.assessed for g in self.graders))
 
     def votes(self) -> np.ndarray:
         """int32[len(FINDINGS)], registry order: how many graders listed each finding;
-        :data:`NOT_ASSESSED` for a finding the line does not assess."""
+        :data:`NOT_ASSESSED` for a finding no grader assessed."""
         votes = np.array([0 if name in self.assessed else NOT_ASSESSED for name in findings_lib.FINDINGS],
                          np.int32)
         for grader in self.graders:
@@ -212,8 +218,13 @@ def _grader(entry: Any, index: int) -> GraderRead:
             raise AnnotationError(f"{where} (annotator {annotator!r}): finding {name!r}: {e}") from None
         by_finding[name] = regions_lib.bits_to_regions(bits)
     ordered = {name: by_finding[name] for name in findings_lib.FINDINGS if name in by_finding}
-    extra = {k: v for k, v in entry.items() if k not in ("annotator", "findings")}
-    return GraderRead(annotator=annotator, findings=ordered, extra=extra)
+    assessed = _assessed(entry[ASSESSED_KEY], where) if ASSESSED_KEY in entry else findings_lib.FINDINGS
+    listed = [name for name in ordered if name not in assessed]
+    if listed:
+        raise AnnotationError(f"{where} (annotator {annotator!r}) lists {', '.join(map(repr, listed))}, "
+                              f"which its {ASSESSED_KEY!r} leaves out")
+    extra = {k: v for k, v in entry.items() if k not in ("annotator", "findings", ASSESSED_KEY)}
+    return GraderRead(annotator=annotator, findings=ordered, extra=extra, assessed=assessed)
 
 
 def _known_finding(name: str, where: str) -> None:
@@ -256,15 +267,16 @@ def _lesion_masks(value: Any) -> dict[str, str]:
     return {name: value[name] for name in findings_lib.FINDINGS if name in value}
 
 
-def _assessed(value: Any) -> tuple[str, ...]:
-    """The optional ``assessed`` list, checked: known findings, each once; registry order."""
+def _assessed(value: Any, where: str) -> tuple[str, ...]:
+    """A grader entry's optional ``assessed`` list, checked: known findings, each once; registry order."""
+    key = f"{where}.{ASSESSED_KEY}"
     if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-        raise AnnotationError(f"{ASSESSED_KEY!r} must be a list of finding names, got {value!r}")
+        raise AnnotationError(f"{key} must be a list of finding names, got {value!r}")
     for name in value:
-        _known_finding(name, ASSESSED_KEY)
+        _known_finding(name, key)
     if len(set(value)) != len(value):
         twice = sorted({name for name in value if value.count(name) > 1})
-        raise AnnotationError(f"{ASSESSED_KEY!r} lists {', '.join(map(repr, twice))} more than once")
+        raise AnnotationError(f"{key} lists {', '.join(map(repr, twice))} more than once")
     return tuple(name for name in findings_lib.FINDINGS if name in value)
 
 
@@ -329,16 +341,11 @@ def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -
         seen.add(grader.annotator)
 
     lesion_masks = _lesion_masks(obj[LESION_MASKS_KEY]) if LESION_MASKS_KEY in obj else {}
-    assessed = _assessed(obj[ASSESSED_KEY]) if ASSESSED_KEY in obj else findings_lib.FINDINGS
-    for grader in graders:
-        listed = [name for name in grader.findings if name not in assessed]
-        if listed:
-            raise AnnotationError(f"annotator {grader.annotator!r} lists {', '.join(map(repr, listed))}, "
-                                  f"which {ASSESSED_KEY!r} leaves out (not assessed on this line)")
+    assessed = {name for grader in graders for name in grader.assessed}
     masked = [name for name in lesion_masks if name not in assessed]
     if masked:
         raise AnnotationError(f"{LESION_MASKS_KEY!r} names {', '.join(map(repr, masked))}, "
-                              f"which {ASSESSED_KEY!r} leaves out (not assessed on this line)")
+                              "which no grader assessed")
 
     return Record(
         image_id=image_id,
@@ -349,10 +356,9 @@ def parse_line(text: str, line_number: int = 1, locate: Locator | None = None) -
         graders=graders,
         line=text,
         line_number=line_number,
-        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k not in (LESION_MASKS_KEY, ASSESSED_KEY)}
+        extra={k: v for k, v in obj.items() if k not in REQUIRED_KEYS and k != LESION_MASKS_KEY}
         | ({LOCATED_KEY: located} if located is not None else {}),
         lesion_masks=lesion_masks,
-        assessed=assessed,
     )
 
 

@@ -26,7 +26,7 @@ from fundax import findings as findings_lib
 ANNOTATIONS_FILE = "annotations.jsonl"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
-LINE_KEYS = ("image_id", "file", "split", "disc", "fovea", "assessed", "annotations", "lesion_masks")
+LINE_KEYS = ("image_id", "file", "split", "disc", "fovea", "annotations", "lesion_masks")
 """The keys :meth:`ManualDirWriter.add` writes itself; ``extra`` may not use them."""
 
 
@@ -85,8 +85,8 @@ class ManualDirWriter:
 
         ``disc`` and ``fovea`` None: a line without centres, for ``prepare --locate_missing``;
         a finding's regions None: an image-level label (docs/DATA_FORMAT.md). ``assessed``: the
-        findings the dataset's labels say anything about (the line's ``"assessed"``); the others
-        are *not assessed* on this line, neither present nor absent. None: every finding.
+        findings the dataset's labels say anything about (the grader entry's ``"assessed"``); the
+        others are *not assessed* on this line, neither present nor absent. None: every finding.
         ``extra``: further keys of the line (a dataset's diagnosis label), kept and not interpreted.
         """
         if assessed is not None:
@@ -107,10 +107,11 @@ class ManualDirWriter:
         line: dict = {"image_id": image_id, "file": file, "split": split}
         if disc is not None and fovea is not None:
             line |= {"disc": [float(v) for v in disc], "fovea": [float(v) for v in fovea]}
-        if assessed is not None and set(assessed) != set(findings_lib.FINDINGS):
-            line["assessed"] = [name for name in findings_lib.FINDINGS if name in assessed]
         line |= dict(extra or {})
-        line["annotations"] = [{"annotator": annotator, "findings": dict(findings)}]
+        reading: dict = {"annotator": annotator, "findings": dict(findings)}
+        if assessed is not None and set(assessed) != set(findings_lib.FINDINGS):
+            reading["assessed"] = [name for name in findings_lib.FINDINGS if name in assessed]
+        line["annotations"] = [reading]
         if lesion_masks:
             line["lesion_masks"] = lesion_masks
         self._lines.write(json.dumps(line) + "\n")
