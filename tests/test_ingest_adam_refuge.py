@@ -187,7 +187,7 @@ def test_an_adam_row_without_its_photograph_is_named(adam_source, tmp_path):
 
 @pytest.mark.parametrize("row, why", [
     ([3, "N0001.jpg", "sixty", 32], "Fovea_X is 'sixty', not a number (finite and not negative)"),
-    ([3, "N0001.jpg", 60, -1], "Fovea_Y is -1, not a number (finite and not negative)"),
+    ([3, "N0001.jpg", 60, -1], "Fovea_Y is '-1', not a number (finite and not negative)"),
     ([3, "N0001.jpg", 600, 32], "the fovea (600, 32) lies outside the 96×64 photograph"),
     ([3, "image three", 60, 32], "imgName is 'image three', not a photograph's name as the dataset names them"),
     ([3, "A0001.jpg", 60, 32], "A0001.jpg is listed twice (first in"),
@@ -326,8 +326,8 @@ def test_a_refuge_photograph_without_its_mask_is_named(refuge_source, tmp_path):
 
 
 @pytest.mark.parametrize("label, why", [
-    (2, "Label(Glaucoma=1) is 2, want 0 or 1"),
-    (None, "Label(Glaucoma=1) is None, want 0 or 1"),
+    (2, "Label(Glaucoma=1) is '2', want 0 or 1"),
+    (None, "Label(Glaucoma=1) is '', want 0 or 1"),
 ])
 def test_a_malformed_refuge_label_is_named_with_its_row(refuge_source, tmp_path, label, why):
     _xlsx(refuge_source / TEST_SHEET, ["ID", "ImgName", "Label(Glaucoma=1)", "Fovea_X", "Fovea_Y"],
@@ -343,4 +343,5 @@ def test_a_refuge_mask_of_another_size_is_named(refuge_source, tmp_path):
 
 def test_a_refuge_sheet_that_is_not_a_workbook_is_named(refuge_source, tmp_path):
     (refuge_source / TRAIN_SHEET).write_text("ID,ImgName,Fovea_X,Fovea_Y\n")
-    assert _error("refuge", refuge_source, tmp_path).startswith(f"{refuge_source / TRAIN_SHEET}: not an .xlsx workbook")
+    assert _error("refuge", refuge_source, tmp_path).startswith(
+        f"{refuge_source / TRAIN_SHEET}: cannot be read as XLSX")

@@ -13,14 +13,12 @@ import dataclasses
 import math
 import pathlib
 import re
-import zipfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import openpyxl
-from openpyxl.utils.exceptions import InvalidFileException
 from PIL import Image
 
+from fundax.ingest import tables
 from fundax.ingest.manual import IngestError, Summary
 
 PHOTO_SUFFIX = ".jpg"
@@ -32,29 +30,30 @@ class Row:
     """One row of a sheet: where it is (``sheet, row N``) and its cells by header name."""
 
     where: str
-    cells: dict[str, object]
+    cells: dict[str, str]
+    """Header name → the cell as text (:func:`fundax.ingest.tables.read_table`: ``2.0`` reads ``"2"``)."""
 
     def text(self, column: str, pattern: re.Pattern) -> str:
-        value = self.cells.get(column)
-        if not isinstance(value, str) or not pattern.fullmatch(value.strip()):
+        value = self.cells.get(column, "")
+        if not pattern.fullmatch(value):
             raise IngestError(f"{self.where}: {column} is {value!r}, not a photograph's name as the dataset names them")
-        return value.strip()
+        return value
 
     def number(self, column: str) -> float:
-        value = self.cells.get(column)
+        value = self.cells.get(column, "")
         try:
-            number = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
+            number = float(value)
+        except ValueError:
             number = math.nan
         if not (math.isfinite(number) and number >= 0):
             raise IngestError(f"{self.where}: {column} is {value!r}, not a number (finite and not negative)")
         return number
 
     def label(self, column: str) -> bool:
-        value = self.cells.get(column)
-        if isinstance(value, bool) or value not in (0, 1, "0", "1"):
+        value = self.cells.get(column, "")
+        if value not in ("0", "1"):
             raise IngestError(f"{self.where}: {column} is {value!r}, want 0 or 1")
-        return int(value) == 1
+        return value == "1"
 
     def fovea(self, size: tuple[int, int]) -> tuple[float, float] | None:
         """(Fovea_X, Fovea_Y) in pixels; None at (0, 0), not marked; IngestError outside the photograph."""
@@ -69,35 +68,17 @@ class Row:
 def read_sheet(path: pathlib.Path, columns: Sequence[str]) -> list[Row]:
     """The rows of the first worksheet of ``path`` below a header naming each of ``columns``.
 
-    Empty rows are skipped; IngestError naming the file (and row) when the workbook cannot be
-    read or the header lacks a column.
+    Read by :func:`fundax.ingest.tables.read_table` (so a sheet saved as CSV reads too); empty
+    rows are skipped; IngestError naming the file (and row) when the workbook cannot be read or
+    the header lacks a column or names one twice.
     """
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
-    try:
-        book = openpyxl.load_workbook(path, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as e:
-        raise IngestError(f"{path}: not an .xlsx workbook ({type(e).__name__}: {e})") from None
-    try:
-        header: list[str] | None = None
-        rows = []
-        for number, values in enumerate(book.worksheets[0].iter_rows(min_row=1, values_only=True), start=1):
-            cells = [value.strip() if isinstance(value, str) else value for value in values]
-            if all(value is None or value == "" for value in cells):
-                continue
-            if header is None:
-                header = ["" if value is None else str(value) for value in cells]
-                missing = [column for column in columns if column not in header]
-                if missing or len(set(filter(None, header))) != len(list(filter(None, header))):
-                    raise IngestError(f"{path}, row {number}: want a header naming each of {', '.join(columns)} "
-                                      f"once, got {', '.join(header)!r}")
-                continue
-            rows.append(Row(f"{path}, row {number}", {name: value for name, value in zip(header, cells) if name}))
-    finally:
-        book.close()
-    if header is None:
-        raise IngestError(f"{path}: empty; want a header naming {', '.join(columns)} and a row per photograph")
-    return rows
+    header, rows = tables.read_table(path)
+    named = [name for name in header if name]
+    if [column for column in columns if column not in header] or len(set(named)) != len(named):
+        raise IngestError(f"{path}, row 1: want a header naming each of {', '.join(columns)} once, "
+                          f"got {', '.join(header)!r}")
+    return [Row(f"{path}, row {number}", {name: value for name, value in zip(header, cells) if name})
+            for number, cells in rows]
 
 
 def index_rows(rows: Iterable[Row], column: str, pattern: re.Pattern) -> dict[str, Row]:
