@@ -1,6 +1,7 @@
 """Fine-tuning from a run, the exported model, profiler traces and provenance, on one tiny source run."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
