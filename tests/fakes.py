@@ -1,5 +1,7 @@
 """Small in-memory records shaped like prepared ``fundus_findings`` records."""
 
+import os
+
 import ml_collections
 import numpy as np
 
@@ -9,6 +11,14 @@ from fundax import models
 from fundax import optimizer
 from fundax import parallel
 from fundax import workdir as workdirs
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """The session's XLA_FLAGS (conftest) for a command the tests start, with ``devices`` CPU devices
+    (None: the flag left out, one device)."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count=")]
+    return " ".join(flags + ([f"--xla_force_host_platform_device_count={devices}"] if devices else []))
 
 
 # The example line of docs/DATA_FORMAT.md.

@@ -14,6 +14,8 @@ import zipfile
 
 import pytest
 
+import fakes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "accelerator_check.sh"
 
@@ -51,7 +53,7 @@ def test_the_dry_run_fills_every_part_with_sane_figures(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env |= {"PY": sys.executable, "WHEELHOUSE": str(probe_wheelhouse(tmp_path / "wheelhouse")),
-            "PIP_CONFIG_FILE": os.devnull, "XLA_FLAGS": ""}
+            "PIP_CONFIG_FILE": os.devnull, "XLA_FLAGS": fakes.xla_flags()}
     done = subprocess.run(["bash", SCRIPT, "--tiny", out], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "accelerator_check.json").read_text())
@@ -157,7 +159,7 @@ def test_a_missed_target_and_a_dead_run_are_reported(tmp_path):
 
 
 def test_a_part_past_its_cap_is_stopped_and_the_next_run_goes_on_after_it(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="")
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags())
     done = subprocess.run([sys.executable, ROOT / "experiments" / "accelerator_check.py", "run", tmp_path, "--tiny",
                            "--cap-s=0.5"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 124, done.stderr[-2000:]

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import fakes
 from fakes import tiny_config
 
 from fundax.bench import timing
@@ -101,7 +103,7 @@ def _bench(tmp_path, *args):
     config.write_text("from fakes import tiny_config\n\n\ndef get_config():\n"
                       "    return tiny_config(finding='macular_hole')\n")
     # One CPU device: the figures' consistency does not depend on the count, and it compiles faster.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]), XLA_FLAGS="")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]), XLA_FLAGS=fakes.xla_flags())
     # --config comes first: an override such as --config.model in args must follow it.
     return subprocess.run([sys.executable, "-m", "fundax.bench", f"--config={config}", *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

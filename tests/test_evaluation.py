@@ -157,7 +157,7 @@ def test_predict_cli_scores_a_raw_photograph(runs, tmp_path):
     cv2.imwrite(str(photo), eye.image[:, :, ::-1])
     (tmp_path / "bad.png").write_text("not a photograph")
     cv2.imwrite(str(tmp_path / "tiny.png"), eye.image[:16, :16])  # under the 32 px prepare accepts
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags(1))
     done = subprocess.run(
         [sys.executable, "-m", "fundax.predict", f"--workdir={workdirs['with']}", "--checkpoint=latest",
          f"--out={tmp_path / 'out'}", str(photo), str(tmp_path / "bad.png"), str(tmp_path / "tiny.png")],

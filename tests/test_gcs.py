@@ -304,7 +304,7 @@ def _run(args, env, timeout=300):
 
 @pytest.mark.slow
 def test_a_run_on_gs_killed_and_resumed_equals_an_uninterrupted_one(emulator, remote_data):
-    env = dict(os.environ, **emulator, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, **emulator, XLA_FLAGS=fakes.xla_flags(2),
                TFDS_DISABLE_PROGRESS_BAR="1")
     steps = 8
     reference, interrupted = f"gs://{BUCKET}/runs/reference", f"gs://{BUCKET}/runs/interrupted"

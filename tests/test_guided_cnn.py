@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fakes
 from fundax.findings import FINDINGS, get_finding
 from fundax.models import GuidedCNN, guided_cnn
 from fundax.models.guided_cnn import activation_map_size
@@ -296,7 +297,7 @@ _SHARD_MAP_SCRIPT = textwrap.dedent(
 
 def test_batch_norm_axis_name_synchronises_statistics_under_shard_map():
     # Two host devices need XLA_FLAGS before jax starts, hence a fresh process.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags(2), JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True, timeout=120
     )

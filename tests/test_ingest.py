@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import fakes
 from PIL import Image
 
 from fundax import regions as regions_lib
@@ -445,7 +447,7 @@ def _rfmid_from_retina(root):
 def test_raw_rfmid_photographs_train_and_evaluate_with_located_centres(tmp_path):
     src = _rfmid_from_retina(tmp_path / "RFMiD")
     manual_dir, data, workdir = tmp_path / "manual", tmp_path / "data", tmp_path / "W"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1",
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags(2), TFDS_DISABLE_PROGRESS_BAR="1",
                PYTHONPATH=str(ROOT))
 
     def run(module, *args):

@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _env(devices):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    return dict(os.environ, XLA_FLAGS=fakes.xla_flags(devices),
                 TFDS_DISABLE_PROGRESS_BAR="1")
 
 

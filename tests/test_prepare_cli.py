@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
+import fakes
 from test_dataset import _line, _photo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(module, *args, timeout=120):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1")
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags(2), TFDS_DISABLE_PROGRESS_BAR="1")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -29,7 +29,7 @@ def _cli_args(workdir, data_dir, steps, **overrides):
 
 
 def _env():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1")
+    return dict(os.environ, XLA_FLAGS=fakes.xla_flags(2), TFDS_DISABLE_PROGRESS_BAR="1")
 
 
 def _last_logged_step(workdir):

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import fakes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
     "--config=experiments/configs/cpu_demo.py",
@@ -24,7 +26,7 @@ TINY = [
 
 
 def _run(module, *args, timeout=300, env_cache=True):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TFDS_DISABLE_PROGRESS_BAR="1")
+    env = dict(os.environ, XLA_FLAGS=fakes.xla_flags(2), TFDS_DISABLE_PROGRESS_BAR="1")
     if not env_cache:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
