@@ -22,8 +22,27 @@ def _load(name: str):
     return module
 
 
-recipe_sweep, selection_study, guidance_plot = (_load(n) for n in ("recipe_sweep", "selection_study",
-                                                                     "guidance_plot"))
+recipe_sweep, selection_study, guidance_plot, label_only = (
+    _load(n) for n in ("recipe_sweep", "selection_study", "guidance_plot", "label_only"))
+
+
+def test_label_only_turns_the_chosen_share_of_train_positives_and_nothing_else():
+    def line(k, split, findings):
+        return {"image_id": str(k), "split": split, "annotations": [
+            {"annotator": "a", "findings": findings}, {"annotator": "b", "findings": {}}]}
+
+    lines = [line(k, "train", {"macular_hole": ["macula"], "drusen": ["temporal"]}) for k in range(6)]
+    lines += [line(6, "train", {"drusen": ["macula"]}), line(7, "test", {"macular_hole": ["macula"]})]
+    out, turned, positives = label_only.make_label_only(lines, "macular_hole", 0.5, seed=3)
+    assert (turned, positives) == (3, 6)
+    label_only_ids = [o["image_id"] for o in out if o["annotations"][0]["findings"].get("macular_hole", 0) is None]
+    assert len(label_only_ids) == 3 and all(int(i) < 6 for i in label_only_ids)
+    for before, after in zip(lines, out):  # drusen, the other grader and the test line untouched
+        assert after["annotations"][0]["findings"].get("drusen") == before["annotations"][0]["findings"].get("drusen")
+        assert after["annotations"][1] == before["annotations"][1]
+    assert out[7] == lines[7] and lines[0]["annotations"][0]["findings"]["macular_hole"] == ["macula"]
+    assert label_only.make_label_only(lines, "macular_hole", 0.5, seed=3)[0] == out  # the seed decides
+    assert label_only.make_label_only(lines, "macular_hole", 1.0, seed=0)[1] == 6
 
 
 def test_a_variant_is_a_name_and_overrides():
