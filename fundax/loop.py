@@ -13,6 +13,7 @@ import logging
 import pathlib
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from typing import Any
@@ -82,6 +83,25 @@ class LoopState:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch and Google Cloud Storage.
+
+    tensorboardX imports both when they are installed (3–4 s a process: PyTorch only to know its
+    tensors, the storage client to write gs:// itself); fundax logs numbers, into a local folder
+    (uploaded by :class:`MetricWriter` for a gs:// workdir), so neither is needed. A module already
+    imported stays as it is.
+    """
+    blocked = [name for name in ("torch", "google.cloud.storage") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # an import of it raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return SummaryWriter
+
+
 class MetricWriter:
     """The run's metrics log and TensorBoard event files (process 0 only).
 
@@ -100,7 +120,7 @@ class MetricWriter:
         if not self.enabled:
             return
         kept = truncate_metrics(self.path, resume_step)
-        from tensorboardX import SummaryWriter
+        SummaryWriter = summary_writer_class()
 
         self.remote = storage.is_remote(self.path)
         self._lines, self._flushed_at = [kept], time.monotonic()

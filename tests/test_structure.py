@@ -167,3 +167,26 @@ def test_the_old_homes_of_moved_names_are_empty():
     assert callable(parallel.make_mesh) and callable(models.create_model) and callable(optimizer.make_optimizer)
     assert callable(loop.LoopState) and callable(evaluation.gather_eval) and callable(metrics.validation_metrics)
     assert not hasattr(evaluation, "load_config") and not hasattr(evaluation, "restore_state")
+
+
+def test_tensorboard_is_written_without_importing_pytorch_or_the_storage_client(tmp_path):
+    # tensorboardX imports both when they are installed (seconds a process); the metric writer does not need them.
+    code = (
+        "import sys, importlib.util\n"
+        "from fundax import loop\n"
+        "before = {m for m in ('torch', 'google.cloud.storage') if m in sys.modules}\n"
+        "writer = loop.summary_writer_class()(sys.argv[1])\n"
+        "writer.add_scalar('loss', 0.5, 1)\n"
+        "writer.close()\n"
+        "after = {m for m in ('torch', 'google.cloud.storage') if m in sys.modules}\n"
+        "assert after == before, (before, after)\n"
+        "assert all(module is not None for module in sys.modules.values())  # nothing left blocked\n"
+        "if importlib.util.find_spec('torch') is not None:\n"
+        "    import torch  # still importable afterwards\n"
+        "print(sorted(before))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"  # fundax.loop itself imports neither
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    assert b"loss" in events.read_bytes()
