@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+# Test processes: two keep both cores busy while one of them waits on a compile or a command it started.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m fundax.report $(DEMO_DIR)/macular_hole --out=$(DEMO_DIR)/report --figure3
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
