@@ -89,7 +89,8 @@ def summary_writer_class() -> type:
     tensorboardX imports both when they are installed (3–4 s a process: PyTorch only to know its
     tensors, the storage client to write gs:// itself); fundax logs numbers, into a local folder
     (uploaded by :class:`MetricWriter` for a gs:// workdir), so neither is needed. A module already
-    imported stays as it is.
+    imported stays as it is; one imported later imports as usual, but tensorboardX keeps, in this
+    process, its view that neither is installed (its own gs:// writing and PyTorch tensors).
     """
     blocked = [name for name in ("torch", "google.cloud.storage") if name not in sys.modules]
     for name in blocked:

@@ -143,10 +143,21 @@ def initialize_from_flags() -> None:
     initialize(f.coordinator_address, f.num_processes, f.process_id)
 
 
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+"""The compilation cache's bound: the least recently used entries go beyond it."""
+
+
 def enable_compilation_cache(directory: str) -> None:
-    """Keep compiled steps on disk, so a restarted run skips recompiling them."""
+    """Keep compiled steps on disk, so a restarted run skips recompiling them.
+
+    The cache is bounded (:data:`COMPILATION_CACHE_MAX_BYTES`), which is also what makes JAX
+    take a file lock around each read and write: unbounded, it writes entries in place, and
+    another process sharing the folder (a second process of the run on this host, an
+    evaluation beside the training) could read one half written.
+    """
     storage.path(directory).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
     # Cache every step, however quick it compiled: the train step is the one that matters.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

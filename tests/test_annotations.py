@@ -459,6 +459,11 @@ def test_a_finding_no_grader_assessed_has_no_votes_at_all():
     assert annotations.parse_line(GOOD).assessed == findings_lib.FINDINGS
 
 
+def test_a_grader_read_built_in_code_cannot_list_what_it_did_not_assess():
+    with pytest.raises(ValueError, match="lists \\['membrane'\\], which its assessed leaves out"):
+        annotations.GraderRead("r01", {"membrane": ("macula",)}, assessed=("drusen",))
+
+
 @pytest.mark.parametrize("assessed, why", [
     ("drusen", "annotations[0].assessed must be a list of finding names"),
     (["drusen", 3], "annotations[0].assessed must be a list of finding names"),

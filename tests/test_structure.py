@@ -1,6 +1,7 @@
 """The package's structure, checked as the code stands: imports, who owns the run folder, what trainer holds."""
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -190,3 +191,19 @@ def test_tensorboard_is_written_without_importing_pytorch_or_the_storage_client(
     assert done.stdout.strip() == "[]"  # fundax.loop itself imports neither
     (events,) = tmp_path.glob("events.out.tfevents.*")
     assert b"loss" in events.read_bytes()
+
+
+def test_the_compilation_cache_is_bounded_and_locked(tmp_path):
+    # Unbounded, JAX writes cache entries in place without a lock: a second process could read one half written.
+    code = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from fundax import parallel\n"
+        "parallel.enable_compilation_cache(sys.argv[1])\n"
+        "assert jax.config.jax_compilation_cache_max_size == parallel.COMPILATION_CACHE_MAX_BYTES > 0\n"
+        "jax.jit(lambda x: x * 3 + 1)(jnp.arange(5.0)).block_until_ready()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert ".lockfile" in names and any(name.endswith("-cache") for name in names), names

@@ -79,6 +79,12 @@ class GraderRead:
     assessed: tuple[str, ...] = findings_lib.FINDINGS
     """The findings this grader assessed, registry order: every one unless the entry says otherwise."""
 
+    def __post_init__(self) -> None:
+        # A listed finding outside ``assessed`` would count as absent in Record.votes (-1 + 1 = 0).
+        listed = [name for name in self.findings if name not in self.assessed]
+        if listed:
+            raise ValueError(f"grader {self.annotator!r} lists {listed}, which its assessed leaves out")
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:

@@ -72,10 +72,10 @@ def read_sheet(path: pathlib.Path, columns: Sequence[str]) -> list[Row]:
     rows are skipped; IngestError naming the file (and row) when the workbook cannot be read or
     the header lacks a column or names one twice.
     """
-    header, rows = tables.read_table(path)
+    (header_row, header), rows = tables.read_table(path)
     named = [name for name in header if name]
     if [column for column in columns if column not in header] or len(set(named)) != len(named):
-        raise IngestError(f"{path}, row 1: want a header naming each of {', '.join(columns)} once, "
+        raise IngestError(f"{path}, row {header_row}: want a header naming each of {', '.join(columns)} once, "
                           f"got {', '.join(header)!r}")
     return [Row(f"{path}, row {number}", {name: value for name, value in zip(header, cells) if name})
             for number, cells in rows]

@@ -28,14 +28,14 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
-def _split(path: pathlib.Path, rows: Iterable[tuple[int, list[str]]]) -> tuple[list[str], list[Row]]:
-    """The first non-empty row as the header, the other non-empty rows as data."""
+def _split(path: pathlib.Path, rows: Iterable[tuple[int, list[str]]]) -> tuple[Row, list[Row]]:
+    """The first non-empty row as the header (with its row number), the other non-empty rows as data."""
     header, data = None, []
     for number, cells in rows:
         if not any(cells):
             continue
         if header is None:
-            header = cells
+            header = (number, cells)
         else:
             data.append((number, cells))
     if header is None:
@@ -43,15 +43,21 @@ def _split(path: pathlib.Path, rows: Iterable[tuple[int, list[str]]]) -> tuple[l
     return header, data
 
 
-def read_table(path: pathlib.Path) -> tuple[list[str], list[Row]]:
-    """Header and rows of a ``.csv``, ``.xlsx`` (first sheet) or ``.xls`` (first sheet) file."""
+def read_table(path: pathlib.Path) -> tuple[Row, list[Row]]:
+    """Header row and data rows of a ``.csv``, ``.xlsx`` (first sheet) or ``.xls`` (first sheet) file.
+
+    A CSV row's number is the line it starts on (a quoted cell may hold a line break).
+    """
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
             with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = [(n, [_text(c) for c in row]) for n, row in enumerate(csv.reader(f), start=1)]
+                reader, rows, line = csv.reader(f), [], 1
+                for row in reader:
+                    rows.append((line, [_text(c) for c in row]))
+                    line = reader.line_num + 1
         elif suffix == ".xlsx":
             import openpyxl
             book = openpyxl.load_workbook(path, read_only=True, data_only=True)
@@ -76,13 +82,14 @@ def read_table(path: pathlib.Path) -> tuple[list[str], list[Row]]:
     return _split(path, rows)
 
 
-def columns(path: pathlib.Path, header: Sequence[str], wanted: Sequence[str]) -> dict[str, int]:
-    """Column name → index for each of ``wanted``; IngestError naming the file if one is missing."""
-    where = {name: i for i, name in reversed(list(enumerate(header)))}
+def columns(path: pathlib.Path, header: Row, wanted: Sequence[str]) -> dict[str, int]:
+    """Column name → index for each of ``wanted``; IngestError naming the file and header row if one is missing."""
+    number, names = header
+    where = {name: i for i, name in reversed(list(enumerate(names)))}
     missing = [name for name in wanted if name not in where]
     if missing:
-        raise IngestError(f"{path}, row 1: want the columns {', '.join(wanted)}; "
-                          f"missing {', '.join(missing)} in {', '.join(header)[:200]!r}")
+        raise IngestError(f"{path}, row {number}: want the columns {', '.join(wanted)}; "
+                          f"missing {', '.join(missing)} in {', '.join(names)[:200]!r}")
     return {name: where[name] for name in wanted}
 
 
