@@ -109,3 +109,18 @@ def restored_state(workdir, step):
     state, _ = ckpts.restore(step, abstract)
     ckpts.close()
     return jax.tree.map(np.asarray, state)
+
+
+def ingest_refused(format_name: str, src, tmp_path) -> str:
+    """The message of the IngestError importing ``src`` as ``format_name`` raises; checks that the
+    refused import left neither its output nor its ``.partial`` folder behind."""
+    import pytest
+
+    from fundax.ingest import ingest
+    from fundax.ingest.manual import IngestError
+
+    with pytest.raises(IngestError) as raised:
+        ingest(format_name, src, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+    return str(raised.value)
+

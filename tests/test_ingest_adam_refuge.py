@@ -12,8 +12,8 @@ import openpyxl
 import pytest
 from PIL import Image
 
+import fakes
 from fundax.ingest import ingest
-from fundax.ingest.manual import IngestError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 H, W = 64, 96
@@ -74,11 +74,7 @@ def _run(module, *args):
                           text=True, timeout=180)
 
 
-def _error(format_name, source, tmp_path):
-    with pytest.raises(IngestError) as raised:
-        ingest(format_name, source, tmp_path / "manual")
-    assert not (tmp_path / "manual").exists() and not (tmp_path / "manual.partial").exists()
-    return str(raised.value)
+_error = fakes.ingest_refused
 
 
 # --- ADAM -------------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 import xlwt
 from PIL import Image
 
+import fakes
 from fundax.ingest import ingest, odir
-from fundax.ingest.manual import IngestError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ICDR = ["hemorrhage", "hard_exudate", "cotton_wool_patch"]
@@ -43,11 +43,7 @@ def _line(image_id, file, split, assessed, annotator, findings):
             "annotations": [{"annotator": annotator, "assessed": assessed, "findings": findings}]}
 
 
-def _error(format_name, src, tmp_path):
-    with pytest.raises(IngestError) as raised:
-        ingest(format_name, src, tmp_path / "refused")
-    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
-    return str(raised.value)
+_error = fakes.ingest_refused
 
 
 # --- ODIR-5K: the challenge's spreadsheet, one row per patient, keywords per eye ---------------------------
